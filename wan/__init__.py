@@ -1,0 +1,28 @@
+"""Wan2.1 video generation: text-to-video, image-to-video and text-to-image.
+
+The pipelines ``WanT2V`` and ``WanI2V`` keep the official names and signatures.
+They are imported on first use so that ``import wan`` stays light.
+"""
+
+from . import configs
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "WanT2V": ("wan.text2video", "WanT2V"),
+    "WanI2V": ("wan.image2video", "WanI2V"),
+    "modules": ("wan.modules", None),
+    "distributed": ("wan.distributed", None),
+    "utils": ("wan.utils", None),
+}
+
+__all__ = ["WanT2V", "WanI2V", "configs", "__version__"]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+        mod_name, attr = _LAZY[name]
+        mod = importlib.import_module(mod_name)
+        return getattr(mod, attr) if attr else mod
+    raise AttributeError(f"module 'wan' has no attribute '{name}'")

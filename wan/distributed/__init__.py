@@ -1,0 +1,1 @@
+"""Multi-GPU helpers: FSDP wrapping and sequence-parallel attention."""

@@ -1,0 +1,1 @@
+"""Loading, output writing, samplers and other helpers."""

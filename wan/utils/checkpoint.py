@@ -1,0 +1,198 @@
+"""The one place that reads checkpoint files.
+
+Every component (DiT, VAE, T5, CLIP) loads through these functions so that
+
+* pickled ``.pth`` files are opened with ``weights_only=True`` (a downloaded
+  checkpoint can never run code),
+* a missing, truncated or wrong file gives one clear :class:`CheckpointError`
+  naming the file and what was expected, and
+* modules are built on the ``meta`` device and receive the stored tensors by
+  assignment: no random initialisation of billions of parameters and no second
+  copy of the weights in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import zipfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+__all__ = [
+    "CheckpointError",
+    "require_dir",
+    "require_file",
+    "read_json",
+    "load_pth",
+    "load_safetensors",
+    "find_safetensors",
+    "check_state_dict",
+    "load_into_meta_module",
+]
+
+log = logging.getLogger(__name__)
+
+StateDict = dict[str, torch.Tensor]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file or folder is missing, unreadable or of the wrong kind."""
+
+
+def require_dir(path: str | os.PathLike, what: str) -> Path:
+    p = Path(path)
+    if not p.is_dir():
+        raise CheckpointError(
+            f"{what} folder not found: '{p}'. Download it (see README, 'Model download') "
+            f"or pass the right path.")
+    return p
+
+
+def require_file(path: str | os.PathLike, what: str) -> Path:
+    p = Path(path)
+    if not p.is_file():
+        hint = ""
+        if p.parent.is_dir():
+            hint = " The folder exists but lacks this file: is the download complete?"
+        raise CheckpointError(f"{what} not found: '{p}'.{hint}")
+    if p.stat().st_size == 0:
+        raise CheckpointError(f"{what} '{p}' is empty (0 bytes): the download is incomplete.")
+    return p
+
+
+def read_json(path: str | os.PathLike, what: str) -> dict:
+    p = require_file(path, what)
+    try:
+        with open(p, encoding="utf-8") as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{what} '{p}' is not valid JSON ({e}).") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{what} '{p}' must hold a JSON object, found {type(data).__name__}.")
+    return data
+
+
+def load_pth(path: str | os.PathLike, what: str, mmap: bool = True) -> StateDict:
+    """Load a pickled state dict safely (``weights_only=True``), memory-mapped when possible."""
+    p = require_file(path, what)
+    try:
+        try:
+            sd = torch.load(p, map_location="cpu", weights_only=True, mmap=mmap)
+        except RuntimeError as e:
+            # Files in the legacy (non-zip) format cannot be memory-mapped.
+            if mmap and "mmap" in str(e).lower():
+                sd = torch.load(p, map_location="cpu", weights_only=True)
+            else:
+                raise
+    except pickle.UnpicklingError as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "weights only" in str(e).lower() or "weights_only" in str(e).lower():
+            raise CheckpointError(
+                f"{what} '{p}' holds objects other than tensors; it is not loaded because "
+                f"unpickling them could run code ({msg}).") from None
+        raise CheckpointError(
+            f"{what} '{p}' is not a readable PyTorch checkpoint ({msg}): "
+            f"truncated or corrupted? Download it again.") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(
+            f"{what} '{p}' is not a readable PyTorch checkpoint ({msg}): "
+            f"truncated or corrupted? Download it again.") from None
+    if isinstance(sd, Mapping) and "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
+        sd = sd["state_dict"]
+    if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CheckpointError(f"{what} '{p}' is not a state dict of tensors.")
+    return dict(sd)
+
+
+def find_safetensors(folder: str | os.PathLike, stem: str, what: str) -> list[Path]:
+    """The safetensors files of ``stem`` in ``folder``: one file, or the shards of an index."""
+    folder = require_dir(folder, what)
+    single = folder / f"{stem}.safetensors"
+    index = folder / f"{stem}.safetensors.index.json"
+    if index.is_file():
+        data = read_json(index, f"{what} index")
+        weight_map = data.get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CheckpointError(f"{what} index '{index}' has no 'weight_map'.")
+        shards = sorted(set(weight_map.values()))
+        return [require_file(folder / s, f"{what} shard (listed in {index.name})") for s in shards]
+    if single.is_file():
+        return [require_file(single, what)]
+    raise CheckpointError(
+        f"{what} weights not found in '{folder}': expected '{single.name}' or "
+        f"'{index.name}' with its shards.")
+
+
+def load_safetensors(files: Iterable[str | os.PathLike], what: str,
+                     dtype: torch.dtype | None = None,
+                     keep_fp32: frozenset[str] | None = None) -> StateDict:
+    """Read safetensors files tensor by tensor.
+
+    With ``dtype`` each floating tensor is converted as it is read, so the peak
+    memory is the converted model plus one tensor. Names in ``keep_fp32`` (if
+    given) are left in their stored dtype.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    sd: StateDict = {}
+    for f in files:
+        f = require_file(f, what)
+        try:
+            with safe_open(f, framework="pt", device="cpu") as st:
+                for name in st.keys():
+                    t = st.get_tensor(name)
+                    if dtype is not None and t.is_floating_point() and t.dtype != dtype and \
+                            not (keep_fp32 and name in keep_fp32):
+                        t = t.to(dtype)
+                    sd[name] = t
+        except (SafetensorError, OSError, ValueError) as e:
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise CheckpointError(
+                f"{what} '{f}' is not a readable safetensors file ({msg}): truncated or "
+                f"corrupted? Download it again.") from None
+    return sd
+
+
+def check_state_dict(module: nn.Module, sd: Mapping[str, torch.Tensor], source: str,
+                     what: str, ignore_unexpected: Iterable[str] = ()) -> None:
+    """Raise one clear error if ``sd`` does not fit ``module`` (names and shapes)."""
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    ignore = tuple(ignore_unexpected)
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected and not k.startswith(ignore)]
+    wrong = [f"{k}: file {tuple(sd[k].shape)} vs model {expected[k]}"
+             for k in expected if k in sd and tuple(sd[k].shape) != expected[k]]
+
+    def few(names: list[str]) -> str:
+        return ", ".join(names[:4]) + (f" (+{len(names) - 4} more)" if len(names) > 4 else "")
+
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing tensors ({few(missing)})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected tensors ({few(unexpected)})")
+    if wrong:
+        problems.append(f"{len(wrong)} tensors of the wrong shape ({few(wrong)})")
+    if problems:
+        raise CheckpointError(
+            f"{source} does not hold a {what}: " + "; ".join(problems) + ".")
+
+
+def load_into_meta_module(module: nn.Module, sd: Mapping[str, torch.Tensor], source: str,
+                          what: str, device: torch.device | str = "cpu",
+                          ignore_unexpected: Iterable[str] = ()) -> nn.Module:
+    """Give a module built on the meta device the tensors of ``sd`` (no copies on CPU)."""
+    check_state_dict(module, sd, source, what, ignore_unexpected)
+    expected = module.state_dict().keys()
+    module.load_state_dict({k: sd[k] for k in expected}, strict=True, assign=True)
+    for name, buf in module.named_buffers():
+        if buf.is_meta:
+            raise CheckpointError(f"{what}: buffer '{name}' was not filled from {source}.")
+    return module.to(device)
