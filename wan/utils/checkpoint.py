@@ -130,33 +130,66 @@ def find_safetensors(folder: str | os.PathLike, stem: str, what: str) -> list[Pa
         f"'{index.name}' with its shards.")
 
 
+_ST_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+    "U8": torch.uint8, "BOOL": torch.bool,
+    "F8_E4M3": getattr(torch, "float8_e4m3fn", None), "F8_E5M2": getattr(torch, "float8_e5m2", None),
+}
+
+
+def _safetensors_header(f, path: Path, what: str) -> tuple[dict, int]:
+    """The JSON header of an open safetensors file and the offset where data starts."""
+    size = path.stat().st_size
+    raw = f.read(8)
+    n = int.from_bytes(raw, "little") if len(raw) == 8 else -1
+    if n <= 0 or 8 + n > size:
+        raise CheckpointError(f"{what} '{path}' is not a readable safetensors file (bad header): "
+                              f"truncated or corrupted? Download it again.")
+    try:
+        header = json.loads(f.read(n))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CheckpointError(f"{what} '{path}' is not a readable safetensors file (bad header): "
+                              f"truncated or corrupted? Download it again.") from None
+    header.pop("__metadata__", None)
+    data_start = 8 + n
+    end = max((int(v["data_offsets"][1]) for v in header.values()), default=0)
+    if data_start + end > size:
+        raise CheckpointError(
+            f"{what} '{path}' is not a readable safetensors file (it holds {size} bytes but its "
+            f"header needs {data_start + end}): truncated? Download it again.")
+    return header, data_start
+
+
 def load_safetensors(files: Iterable[str | os.PathLike], what: str,
                      dtype: torch.dtype | None = None,
-                     keep_fp32: frozenset[str] | None = None) -> StateDict:
-    """Read safetensors files tensor by tensor.
+                     device: torch.device | str = "cpu") -> StateDict:
+    """Read safetensors files tensor by tensor with plain reads (no memory map).
 
-    With ``dtype`` each floating tensor is converted as it is read, so the peak
-    memory is the converted model plus one tensor. Names in ``keep_fp32`` (if
-    given) are left in their stored dtype.
+    Each tensor is read into its own buffer, then converted to ``dtype`` (floating
+    tensors only) and moved to ``device``, so the resident memory grows by the
+    size of the loaded model plus one tensor, not by twice the file.
     """
-    from safetensors import SafetensorError, safe_open
-
     sd: StateDict = {}
-    for f in files:
-        f = require_file(f, what)
-        try:
-            with safe_open(f, framework="pt", device="cpu") as st:
-                for name in st.keys():
-                    t = st.get_tensor(name)
-                    if dtype is not None and t.is_floating_point() and t.dtype != dtype and \
-                            not (keep_fp32 and name in keep_fp32):
-                        t = t.to(dtype)
-                    sd[name] = t
-        except (SafetensorError, OSError, ValueError) as e:
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise CheckpointError(
-                f"{what} '{f}' is not a readable safetensors file ({msg}): truncated or "
-                f"corrupted? Download it again.") from None
+    for f_path in files:
+        path = require_file(f_path, what)
+        with open(path, "rb", buffering=0) as f:
+            header, data_start = _safetensors_header(f, path, what)
+            for name, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
+                st_dtype = _ST_DTYPES.get(info.get("dtype"))
+                if st_dtype is None:
+                    raise CheckpointError(f"{what} '{path}': tensor '{name}' has the unsupported "
+                                          f"dtype {info.get('dtype')}.")
+                begin, end = (int(o) for o in info["data_offsets"])
+                buf = torch.empty(end - begin, dtype=torch.uint8)
+                f.seek(data_start + begin)
+                if end > begin and f.readinto(buf.numpy()) != end - begin:
+                    raise CheckpointError(f"{what} '{path}' ended early while reading '{name}': "
+                                          f"truncated? Download it again.")
+                t = buf.view(st_dtype).reshape(info["shape"])
+                if dtype is not None and t.is_floating_point() and t.dtype != dtype:
+                    t = t.to(dtype)
+                sd[name] = t.to(device)
     return sd
 
 

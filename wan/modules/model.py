@@ -1,0 +1,483 @@
+"""The Wan2.1 diffusion transformer (DiT) for text-to-video and image-to-video.
+
+Structure (parameter names are those of the official checkpoints):
+
+* ``patch_embedding``: Conv3d with a (1, 2, 2) patch over the latent video;
+* ``text_embedding``: MLP (GELU tanh) from the umT5 width to the model width;
+* ``time_embedding`` -> ``time_projection``: sinusoidal embedding -> MLP (SiLU) ->
+  one projection to six modulation vectors, shared by all blocks; each block
+  adds its own learned ``modulation`` bias;
+* ``blocks``: modulated self-attention (RMSNorm on q/k, 3-axis RoPE),
+  cross-attention on the text (and, for i2v, a second key/value pair over the
+  257 CLIP image tokens), modulated GELU-tanh feed-forward;
+* ``head``: two-vector modulated projection back to patches, then unpatchify.
+
+Modulation and the residual stream are computed in fp32, as in the official
+code, also when the matmuls run in bf16 under autocast.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .attention import attention
+
+__all__ = ["WanModel", "sinusoidal_embedding_1d", "rope_tables", "apply_rope"]
+
+log = logging.getLogger(__name__)
+
+CLIP_TOKENS = 257
+
+
+# ----------------------------------------------------------------- math
+def _no_autocast(device_type: str):
+    return torch.autocast(device_type=device_type, enabled=False)
+
+
+def sinusoidal_embedding_1d(dim: int, position: torch.Tensor) -> torch.Tensor:
+    """``[B] -> [B, dim]`` embedding ``[cos(p w), sin(p w)]`` computed in fp64."""
+    if dim % 2:
+        raise ValueError(f"frequency dimension must be even, got {dim}")
+    half = dim // 2
+    position = position.to(torch.float64)
+    freqs = torch.pow(10000, -torch.arange(half, dtype=torch.float64, device=position.device) / half)
+    angles = torch.outer(position, freqs)
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
+
+
+def rope_axis_dims(head_dim: int) -> tuple[int, int, int]:
+    """Widths of a head given to the frame, height and width rotary axes (official split)."""
+    return head_dim - 4 * (head_dim // 6), 2 * (head_dim // 6), 2 * (head_dim // 6)
+
+
+def _axis_angles(n: int, width: int, theta: float = 10000.0) -> torch.Tensor:
+    """``[n, width/2]`` rotation angles of positions 0..n-1 for one axis (fp64)."""
+    inv = 1.0 / torch.pow(theta, torch.arange(0, width, 2, dtype=torch.float64) / width)
+    return torch.outer(torch.arange(n, dtype=torch.float64), inv)
+
+
+@lru_cache(maxsize=32)
+def _grid_angles(grid: tuple[int, int, int], head_dim: int) -> torch.Tensor:
+    """``[f*h*w, head_dim/2]`` angles for a latent grid, frame-major order (fp64, CPU)."""
+    f, h, w = grid
+    df, dh, dw = rope_axis_dims(head_dim)
+    af, ah, aw = _axis_angles(f, df), _axis_angles(h, dh), _axis_angles(w, dw)
+    return torch.cat([
+        af[:, None, None, :].expand(f, h, w, -1),
+        ah[None, :, None, :].expand(f, h, w, -1),
+        aw[None, None, :, :].expand(f, h, w, -1),
+    ], dim=-1).reshape(f * h * w, -1)
+
+
+def rope_tables(grids: Sequence[Sequence[int]], seq_len: int, head_dim: int,
+                device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 ``cos``/``sin`` tables ``[B, seq_len, 1, head_dim/2]`` for a batch of grids.
+
+    Angles are computed in fp64 (as the official complex table) and rounded once
+    to fp32. Padding positions get the identity rotation.
+    """
+    cos = torch.ones(len(grids), seq_len, head_dim // 2, dtype=torch.float64)
+    sin = torch.zeros(len(grids), seq_len, head_dim // 2, dtype=torch.float64)
+    for i, grid in enumerate(grids):
+        ang = _grid_angles(tuple(int(g) for g in grid), head_dim)
+        cos[i, :ang.size(0)] = torch.cos(ang)
+        sin[i, :ang.size(0)] = torch.sin(ang)
+    return (cos.to(device=device, dtype=torch.float32).unsqueeze(2),
+            sin.to(device=device, dtype=torch.float32).unsqueeze(2))
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate adjacent channel pairs of ``x [B, L, N, D]`` in fp32; returns fp32."""
+    x = x.float().unflatten(-1, (-1, 2))
+    x0, x1 = x[..., 0], x[..., 1]
+    return torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1).flatten(-2)
+
+
+# ----------------------------------------------------------------- layers
+class WanRMSNorm(nn.Module):
+    """RMS norm over the last dimension, statistics in fp32."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        return xf.type_as(x) * self.weight
+
+
+class WanLayerNorm(nn.LayerNorm):
+    """LayerNorm computed in fp32 and returned in the input dtype."""
+
+    def __init__(self, dim: int, eps: float = 1e-6, elementwise_affine: bool = False):
+        super().__init__(dim, eps=eps, elementwise_affine=elementwise_affine)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.float()).type_as(x)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with RMS-normalised q/k and 3-axis RoPE."""
+
+    def __init__(self, dim: int, num_heads: int, window_size=(-1, -1), qk_norm: bool = True,
+                 eps: float = 1e-6):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
+        self.window_size = tuple(window_size)
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.o = nn.Linear(dim, dim)
+        self.norm_q = WanRMSNorm(dim, eps) if qk_norm else nn.Identity()
+        self.norm_k = WanRMSNorm(dim, eps) if qk_norm else nn.Identity()
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unflatten(-1, (self.num_heads, self.head_dim))
+
+    def forward(self, x: torch.Tensor, seq_lens: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]
+                ) -> torch.Tensor:
+        q = apply_rope(self._heads(self.norm_q(self.q(x))), *rope)
+        k = apply_rope(self._heads(self.norm_k(self.k(x))), *rope)
+        v = self._heads(self.v(x))
+        out = attention(q, k, v, k_lens=seq_lens, window_size=self.window_size)
+        return self.o(out.flatten(2))
+
+
+class CrossAttention(nn.Module):
+    """Attention from the video tokens to the text context (and, for i2v, the image context).
+
+    The text context is padded to ``text_len`` with zeros and attended unmasked,
+    as the released weights were trained. With ``image`` keys (i2v) the first
+    ``context.size(1) - text_len`` tokens are the CLIP image tokens; their
+    attention result is added to the text one before the output projection.
+    """
+
+    def __init__(self, dim: int, num_heads: int, qk_norm: bool = True, eps: float = 1e-6,
+                 image: bool = False, text_len: int = 512):
+        super().__init__()
+        self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
+        self.text_len = text_len
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.o = nn.Linear(dim, dim)
+        self.norm_q = WanRMSNorm(dim, eps) if qk_norm else nn.Identity()
+        self.norm_k = WanRMSNorm(dim, eps) if qk_norm else nn.Identity()
+        self.has_image = image
+        if image:
+            self.k_img = nn.Linear(dim, dim)
+            self.v_img = nn.Linear(dim, dim)
+            self.norm_k_img = WanRMSNorm(dim, eps) if qk_norm else nn.Identity()
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unflatten(-1, (self.num_heads, self.head_dim))
+
+    def context_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Keys and values of the context: ``(k, v)`` or ``(k, v, k_img, v_img)``."""
+        n_img = context.size(1) - self.text_len
+        text = context[:, n_img:]
+        kv = (self._heads(self.norm_k(self.k(text))), self._heads(self.v(text)))
+        if self.has_image:
+            img = context[:, :n_img]
+            kv += (self._heads(self.norm_k_img(self.k_img(img))), self._heads(self.v_img(img)))
+        return kv
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        q = self._heads(self.norm_q(self.q(x)))
+        kv = self.context_kv(context)
+        out = attention(q, kv[0], kv[1]).flatten(2)
+        if self.has_image:
+            out = out + attention(q, kv[2], kv[3]).flatten(2)
+        return self.o(out)
+
+
+class WanAttentionBlock(nn.Module):
+    """One transformer block: modulated self-attention, cross-attention, modulated FFN."""
+
+    def __init__(self, dim: int, ffn_dim: int, num_heads: int, window_size=(-1, -1),
+                 qk_norm: bool = True, cross_attn_norm: bool = True, eps: float = 1e-6,
+                 image: bool = False, text_len: int = 512):
+        super().__init__()
+        self.norm1 = WanLayerNorm(dim, eps)
+        self.self_attn = SelfAttention(dim, num_heads, window_size, qk_norm, eps)
+        self.norm3 = WanLayerNorm(dim, eps, elementwise_affine=True) if cross_attn_norm \
+            else nn.Identity()
+        self.cross_attn = CrossAttention(dim, num_heads, qk_norm, eps, image=image,
+                                         text_len=text_len)
+        self.norm2 = WanLayerNorm(dim, eps)
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(approximate="tanh"),
+                                 nn.Linear(ffn_dim, dim))
+        self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
+
+    def forward(self, x: torch.Tensor, e: torch.Tensor, seq_lens: torch.Tensor,
+                rope: tuple[torch.Tensor, torch.Tensor], context: torch.Tensor) -> torch.Tensor:
+        """``x [B, L, C]`` (fp32 residual stream), ``e [B, 6, C]`` fp32 time modulation."""
+        with _no_autocast(x.device.type):
+            shift1, scale1, gate1, shift2, scale2, gate2 = \
+                (self.modulation.float() + e).chunk(6, dim=1)
+        y = self.self_attn(self.norm1(x).float() * (1 + scale1) + shift1, seq_lens, rope)
+        with _no_autocast(x.device.type):
+            x = x + y.float() * gate1
+        x = x + self.cross_attn(self.norm3(x), context)
+        y = self.ffn(self.norm2(x).float() * (1 + scale2) + shift2)
+        with _no_autocast(x.device.type):
+            x = x + y.float() * gate2
+        return x
+
+
+class Head(nn.Module):
+    """Final modulated LayerNorm and projection to ``prod(patch) * out_dim`` values per token."""
+
+    def __init__(self, dim: int, out_dim: int, patch_size: Sequence[int], eps: float = 1e-6):
+        super().__init__()
+        self.norm = WanLayerNorm(dim, eps)
+        self.head = nn.Linear(dim, math.prod(patch_size) * out_dim)
+        self.modulation = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
+
+    def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        # The official code runs the head in fp32 (autocast with dtype float32).
+        with _no_autocast(x.device.type):
+            shift, scale = (self.modulation.float() + e.unsqueeze(1)).chunk(2, dim=1)
+            x = self.norm(x.float()) * (1 + scale) + shift
+            return F.linear(x, self.head.weight.float(), self.head.bias.float())
+
+
+class MLPProj(nn.Module):
+    """Projection of the CLIP image tokens into the model width (i2v)."""
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.proj = nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, in_dim), nn.GELU(),
+                                  nn.Linear(in_dim, out_dim), nn.LayerNorm(out_dim))
+
+    def forward(self, image_embeds: torch.Tensor) -> torch.Tensor:
+        return self.proj(image_embeds)
+
+
+# ----------------------------------------------------------------- model
+class WanModel(nn.Module):
+    """The Wan2.1 DiT (``model_type`` ``'t2v'`` or ``'i2v'``)."""
+
+    def __init__(self, model_type: str = "t2v", patch_size: Sequence[int] = (1, 2, 2),
+                 text_len: int = 512, in_dim: int = 16, dim: int = 2048, ffn_dim: int = 8192,
+                 freq_dim: int = 256, text_dim: int = 4096, out_dim: int = 16,
+                 num_heads: int = 16, num_layers: int = 32, window_size=(-1, -1),
+                 qk_norm: bool = True, cross_attn_norm: bool = True, eps: float = 1e-6,
+                 clip_dim: int | None = None):
+        super().__init__()
+        if model_type not in ("t2v", "i2v"):
+            raise ValueError(f"model_type must be 't2v' or 'i2v', got '{model_type}'")
+        head_dim = dim // num_heads
+        if dim % num_heads or head_dim % 2:
+            raise ValueError(f"dim {dim} / num_heads {num_heads} must give an even head width")
+        self.model_type = model_type
+        self.patch_size = tuple(patch_size)
+        self.text_len = text_len
+        self.in_dim, self.dim, self.ffn_dim, self.freq_dim = in_dim, dim, ffn_dim, freq_dim
+        self.text_dim, self.out_dim = text_dim, out_dim
+        self.num_heads, self.num_layers = num_heads, num_layers
+        self.window_size = tuple(window_size)
+        self.qk_norm, self.cross_attn_norm, self.eps = qk_norm, cross_attn_norm, eps
+        image = model_type == "i2v"
+        self.clip_dim = (clip_dim or 1280) if image else None
+
+        self.patch_embedding = nn.Conv3d(in_dim, dim, kernel_size=self.patch_size,
+                                         stride=self.patch_size)
+        self.text_embedding = nn.Sequential(nn.Linear(text_dim, dim), nn.GELU(approximate="tanh"),
+                                            nn.Linear(dim, dim))
+        self.time_embedding = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(),
+                                            nn.Linear(dim, dim))
+        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, dim * 6))
+        self.blocks = nn.ModuleList([
+            WanAttentionBlock(dim, ffn_dim, num_heads, window_size, qk_norm, cross_attn_norm,
+                              eps, image=image, text_len=text_len) for _ in range(num_layers)
+        ])
+        self.head = Head(dim, out_dim, self.patch_size, eps)
+        if image:
+            self.img_emb = MLPProj(self.clip_dim, dim)
+
+    # -------------------------------------------------------------- config
+    @property
+    def config(self) -> dict:
+        return dict(model_type=self.model_type, patch_size=self.patch_size,
+                    text_len=self.text_len, in_dim=self.in_dim, dim=self.dim,
+                    ffn_dim=self.ffn_dim, freq_dim=self.freq_dim, text_dim=self.text_dim,
+                    out_dim=self.out_dim, num_heads=self.num_heads, num_layers=self.num_layers,
+                    window_size=self.window_size, qk_norm=self.qk_norm,
+                    cross_attn_norm=self.cross_attn_norm, eps=self.eps, clip_dim=self.clip_dim)
+
+    @property
+    def device(self) -> torch.device:
+        return self.patch_embedding.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.patch_embedding.weight.dtype
+
+    # -------------------------------------------------------------- pieces
+    def embed_time(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``t [B]`` -> (``e [B, C]`` for the head, ``e0 [B, 6, C]`` for the blocks), fp32."""
+        with _no_autocast(self.device.type):
+            emb = sinusoidal_embedding_1d(self.freq_dim, t.to(self.device)).float()
+            e = _linear_seq_fp32(self.time_embedding, emb)
+            e0 = _linear_seq_fp32(self.time_projection, e).unflatten(1, (6, self.dim))
+        return e, e0
+
+    def embed_context(self, context: Sequence[torch.Tensor],
+                      clip_fea: torch.Tensor | None = None) -> torch.Tensor:
+        """Text (zero-padded to ``text_len``) and optional CLIP tokens -> ``[B, (257+)512, C]``."""
+        padded = []
+        for u in context:
+            if u.size(0) > self.text_len:
+                raise ValueError(f"text context has {u.size(0)} tokens; at most {self.text_len}")
+            padded.append(torch.cat([u, u.new_zeros(self.text_len - u.size(0), u.size(1))]))
+        ctx = self.text_embedding(torch.stack(padded).to(self.device))
+        if clip_fea is not None:
+            ctx = torch.cat([self.img_emb(clip_fea.to(self.device)), ctx], dim=1)
+        return ctx
+
+    def patchify(self, x: Sequence[torch.Tensor], seq_len: int
+                 ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int, int]]]:
+        """Latents -> zero-padded tokens ``[B, seq_len, C]``, their lengths and grid sizes."""
+        tokens, grids = [], []
+        for u in x:
+            u = self.patch_embedding(u.unsqueeze(0).to(self.device))
+            grids.append(tuple(u.shape[2:]))
+            tokens.append(u.flatten(2).transpose(1, 2))
+        lens = [t.size(1) for t in tokens]
+        if max(lens) > seq_len:
+            raise ValueError(f"the latent video has {max(lens)} tokens but seq_len is {seq_len}; "
+                             f"pass seq_len >= the number of patches")
+        out = torch.cat([F.pad(t, (0, 0, 0, seq_len - t.size(1))) for t in tokens])
+        return out, torch.tensor(lens, dtype=torch.long), grids
+
+    def unpatchify(self, x: torch.Tensor, grids: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+        """``[B, L, prod(patch) * C]`` -> list of ``[C, F, H, W]`` latents."""
+        c, (pt, ph, pw) = self.out_dim, self.patch_size
+        out = []
+        for u, (f, h, w) in zip(x, grids):
+            u = u[:f * h * w].view(f, h, w, pt, ph, pw, c)
+            u = torch.einsum("fhwpqrc->cfphqwr", u)
+            out.append(u.reshape(c, f * pt, h * ph, w * pw))
+        return out
+
+    # -------------------------------------------------------------- forward
+    def forward(self, x: list[torch.Tensor], t: torch.Tensor, context: list[torch.Tensor],
+                seq_len: int, clip_fea: torch.Tensor | None = None,
+                y: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """Predict the flow for a batch of latent videos.
+
+        Args:
+            x: latents, each ``[C_in, F, H, W]``.
+            t: timesteps ``[B]``.
+            context: text embeddings, each ``[L_i, text_dim]`` (``L_i <= text_len``).
+            seq_len: padded token length (at least the largest number of patches).
+            clip_fea: i2v only, CLIP image tokens ``[B, 257, clip_dim]``.
+            y: i2v only, conditioning latents concatenated to ``x`` along channels.
+        Returns:
+            list of ``[C_out, F, H, W]`` fp32 tensors.
+        """
+        if self.model_type == "i2v" and (clip_fea is None or y is None):
+            raise ValueError("the i2v model needs clip_fea and y")
+        if y is not None:
+            x = [torch.cat([u, v.to(u)], dim=0) for u, v in zip(x, y)]
+        tokens, seq_lens, grids = self.patchify(x, seq_len)
+        t = torch.as_tensor(t, device=self.device)
+        if t.dim() == 0:
+            t = t.expand(len(x))
+        e, e0 = self.embed_time(t)
+        ctx = self.embed_context(context, clip_fea)
+        rope = rope_tables(grids, seq_len, self.dim // self.num_heads, self.device)
+        for block in self.blocks:
+            tokens = block(tokens, e0, seq_lens, rope, ctx)
+        out = self.head(tokens, e)
+        return [u.float() for u in self.unpatchify(out, grids)]
+
+    # -------------------------------------------------------------- loading
+    @classmethod
+    def from_pretrained(cls, checkpoint_dir: str | os.PathLike, torch_dtype: torch.dtype | None = None,
+                        device: torch.device | str = "cpu", model_type: str | None = None,
+                        **_ignored) -> "WanModel":
+        """Load ``config.json`` + safetensors (single file or index + shards) from a folder.
+
+        The module is built on the meta device and receives the stored tensors
+        (no random init, no second copy). ``torch_dtype`` converts floating
+        tensors while reading; None keeps the stored dtype. ``model_type``, if
+        given, is checked against the checkpoint.
+        """
+        from ..utils.checkpoint import (CheckpointError, find_safetensors, load_into_meta_module,
+                                        load_safetensors, read_json, require_dir)
+
+        folder = require_dir(checkpoint_dir, "DiT checkpoint")
+        cfg = read_json(Path(folder) / "config.json", "DiT config")
+        files = find_safetensors(folder, "diffusion_pytorch_model", "DiT")
+        sd = load_safetensors(files, "DiT", dtype=torch_dtype, device=device)
+        source = f"'{files[0] if len(files) == 1 else folder}'"
+        kwargs = infer_config(cfg, sd, source)
+        if model_type is not None and kwargs["model_type"] != model_type:
+            raise CheckpointError(
+                f"{source} holds a {kwargs['model_type']} DiT (in_dim {kwargs['in_dim']}) but a "
+                f"{model_type} model is needed: pass the matching Wan2.1 checkpoint folder.")
+        with torch.device("meta"):
+            model = cls(**kwargs)
+        load_into_meta_module(model, sd, source, f"Wan2.1 {kwargs['model_type']} DiT", device)
+        return model.eval().requires_grad_(False)
+
+
+def _linear_seq_fp32(seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """Run a Sequential of Linear/activation layers with fp32 weights (the official fp32 region)."""
+    for layer in seq:
+        if isinstance(layer, nn.Linear):
+            x = F.linear(x, layer.weight.float(), layer.bias.float())
+        else:
+            x = layer(x)
+    return x
+
+
+def infer_config(cfg: dict, sd: dict[str, torch.Tensor], source: str) -> dict:
+    """Model arguments from ``config.json``, completed from tensor shapes."""
+    from ..utils.checkpoint import CheckpointError
+
+    def shape(name: str) -> tuple[int, ...]:
+        if name not in sd:
+            raise CheckpointError(f"{source} is not a Wan2.1 DiT checkpoint: tensor '{name}' "
+                                  f"is missing.")
+        return tuple(sd[name].shape)
+
+    pe = shape("patch_embedding.weight")  # [dim, in_dim, pt, ph, pw]
+    dim, in_dim, patch = pe[0], pe[1], pe[2:]
+    num_layers = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
+    model_type = cfg.get("model_type") or ("i2v" if "img_emb.proj.0.weight" in sd else "t2v")
+    if model_type not in ("t2v", "i2v"):
+        raise CheckpointError(f"{source}: model_type '{model_type}' is not supported "
+                              f"(this project runs the t2v and i2v Wan2.1 models).")
+    if "num_heads" not in cfg:
+        raise CheckpointError(f"{source}: config.json lacks 'num_heads'.")
+    out_dim = shape("head.head.weight")[0] // math.prod(patch)
+    kwargs = dict(
+        model_type=model_type, patch_size=patch, text_len=int(cfg.get("text_len", 512)),
+        in_dim=in_dim, dim=dim, ffn_dim=shape("blocks.0.ffn.0.weight")[0],
+        freq_dim=shape("time_embedding.0.weight")[1], text_dim=shape("text_embedding.0.weight")[1],
+        out_dim=out_dim, num_heads=int(cfg["num_heads"]), num_layers=num_layers,
+        window_size=tuple(cfg.get("window_size", (-1, -1))),
+        qk_norm="blocks.0.self_attn.norm_q.weight" in sd,
+        cross_attn_norm="blocks.0.norm3.weight" in sd, eps=float(cfg.get("eps", 1e-6)),
+        clip_dim=shape("img_emb.proj.0.weight")[0] if model_type == "i2v" else None)
+    for key in ("dim", "in_dim", "ffn_dim", "num_layers", "out_dim", "freq_dim"):
+        if key in cfg and int(cfg[key]) != kwargs[key]:
+            raise CheckpointError(f"{source}: config.json says {key}={cfg[key]} but the weights "
+                                  f"have {kwargs[key]}; the folder mixes files of different models.")
+    return kwargs
