@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import pickle
+import re
 import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -91,13 +92,16 @@ def load_pth(path: str | os.PathLike, what: str, mmap: bool = True) -> StateDict
             else:
                 raise
     except pickle.UnpicklingError as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if "weights only" in str(e).lower() or "weights_only" in str(e).lower():
+        text = str(e)
+        m = re.search(r"GLOBAL (\S+) was not an allowed global", text)
+        if m:
             raise CheckpointError(
-                f"{what} '{p}' holds objects other than tensors; it is not loaded because "
-                f"unpickling them could run code ({msg}).") from None
+                f"{what} '{p}' holds objects other than tensors ({m.group(1)}); it is not "
+                f"loaded because unpickling them could run code.") from None
+        reason = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+        reason = reason.group(1).strip() if reason else (text.splitlines()[0] if text else "")
         raise CheckpointError(
-            f"{what} '{p}' is not a readable PyTorch checkpoint ({msg}): "
+            f"{what} '{p}' is not a readable PyTorch checkpoint ({reason}): "
             f"truncated or corrupted? Download it again.") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
