@@ -195,3 +195,28 @@ def test_seq_len_too_small(pair):
         kwargs = dict(clip_fea=torch.zeros(1, 257, SIZES.clip_width), y=[torch.zeros(20, 1, 4, 4)])
     with pytest.raises(ValueError, match="4 tokens but seq_len is 2"):
         ours([x], torch.tensor([1]), [torch.zeros(3, SIZES.t5_dim)], 2, **kwargs)
+
+
+def test_bf16_matmul_weights_equal_autocast(tmp_path):
+    """Storing the autocast-region weights in bf16 is the same arithmetic as fp32 + autocast."""
+    folder = write_dit(tmp_path / "m", "i2v", SIZES, seed=2)
+    full = WanModel.from_pretrained(folder)
+    half = WanModel.from_pretrained(folder, matmul_dtype=torch.bfloat16)
+    assert half.blocks[0].self_attn.q.weight.dtype == torch.bfloat16
+    assert half.img_emb.proj[1].weight.dtype == torch.bfloat16
+    for p in (half.blocks[0].modulation, half.blocks[0].norm3.weight, half.head.head.weight,
+              half.time_embedding[0].weight, half.img_emb.proj[0].weight,
+              half.blocks[0].self_attn.norm_q.weight):
+        assert p.dtype == torch.float32
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(16, 2, 4, 6, generator=g), torch.randn(20, 2, 4, 6, generator=g)
+    ctx, clip = torch.randn(6, SIZES.t5_dim, generator=g), torch.randn(1, 257, SIZES.clip_width, generator=g)
+    outs = []
+    for m in (full, half):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            outs.append(m([x], torch.tensor([500]), [ctx], 12, clip_fea=clip, y=[y])[0])
+    assert outs[0].dtype == torch.float32
+    assert torch.equal(outs[0], outs[1])
+    with torch.no_grad():
+        ref = full([x], torch.tensor([500]), [ctx], 12, clip_fea=clip, y=[y])[0]
+    assert 0 < rel_err(outs[1], ref) < 5e-2

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -31,11 +32,24 @@ import torch.nn.functional as F
 
 from .attention import attention
 
-__all__ = ["WanModel", "sinusoidal_embedding_1d", "rope_tables", "apply_rope"]
+__all__ = ["WanModel", "sinusoidal_embedding_1d", "rope_tables", "apply_rope", "is_matmul_weight"]
 
 log = logging.getLogger(__name__)
 
 CLIP_TOKENS = 257
+
+# Linear/Conv tensors that the official code runs under bf16 autocast. Storing exactly
+# these in bf16 gives the same arithmetic as autocast (which rounds them the same way at
+# every call) at half the memory. Norms, modulation, the time MLP and the head stay fp32.
+_MATMUL_WEIGHT = re.compile(
+    r"^(patch_embedding|text_embedding\.[02]|img_emb\.proj\.[13]|"
+    r"blocks\.\d+\.(self_attn\.[qkvo]|cross_attn\.([qkvo]|k_img|v_img)|ffn\.[02]))"
+    r"\.(weight|bias)$")
+
+
+def is_matmul_weight(name: str) -> bool:
+    """True for the DiT tensors that run in the autocast dtype under mixed precision."""
+    return _MATMUL_WEIGHT.match(name) is not None
 
 
 # ----------------------------------------------------------------- math
@@ -410,13 +424,15 @@ class WanModel(nn.Module):
     @classmethod
     def from_pretrained(cls, checkpoint_dir: str | os.PathLike, torch_dtype: torch.dtype | None = None,
                         device: torch.device | str = "cpu", model_type: str | None = None,
-                        **_ignored) -> "WanModel":
+                        matmul_dtype: torch.dtype | None = None, **_ignored) -> "WanModel":
         """Load ``config.json`` + safetensors (single file or index + shards) from a folder.
 
         The module is built on the meta device and receives the stored tensors
         (no random init, no second copy). ``torch_dtype`` converts floating
-        tensors while reading; None keeps the stored dtype. ``model_type``, if
-        given, is checked against the checkpoint.
+        tensors while reading; None keeps the stored dtype. ``matmul_dtype``
+        (e.g. bf16 for the official mixed precision) converts only the Linear and
+        Conv tensors that run under autocast (see :func:`is_matmul_weight`).
+        ``model_type``, if given, is checked against the checkpoint.
         """
         from ..utils.checkpoint import (CheckpointError, find_safetensors, load_into_meta_module,
                                         load_safetensors, read_json, require_dir)
@@ -424,7 +440,12 @@ class WanModel(nn.Module):
         folder = require_dir(checkpoint_dir, "DiT checkpoint")
         cfg = read_json(Path(folder) / "config.json", "DiT config")
         files = find_safetensors(folder, "diffusion_pytorch_model", "DiT")
-        sd = load_safetensors(files, "DiT", dtype=torch_dtype, device=device)
+        def dtype_for(name: str) -> torch.dtype | None:
+            if matmul_dtype is not None and is_matmul_weight(name):
+                return matmul_dtype
+            return torch_dtype
+
+        sd = load_safetensors(files, "DiT", dtype=dtype_for, device=device)
         source = f"'{files[0] if len(files) == 1 else folder}'"
         kwargs = infer_config(cfg, sd, source)
         if model_type is not None and kwargs["model_type"] != model_type:

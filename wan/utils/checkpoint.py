@@ -19,7 +19,7 @@ import os
 import pickle
 import re
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import torch
@@ -166,13 +166,14 @@ def _safetensors_header(f, path: Path, what: str) -> tuple[dict, int]:
 
 
 def load_safetensors(files: Iterable[str | os.PathLike], what: str,
-                     dtype: torch.dtype | None = None,
+                     dtype: torch.dtype | Callable[[str], torch.dtype | None] | None = None,
                      device: torch.device | str = "cpu") -> StateDict:
     """Read safetensors files tensor by tensor with plain reads (no memory map).
 
     Each tensor is read into its own buffer, then converted to ``dtype`` (floating
     tensors only) and moved to ``device``, so the resident memory grows by the
     size of the loaded model plus one tensor, not by twice the file.
+    ``dtype`` may be a function of the tensor name (None keeps the stored dtype).
     """
     sd: StateDict = {}
     for f_path in files:
@@ -191,8 +192,9 @@ def load_safetensors(files: Iterable[str | os.PathLike], what: str,
                     raise CheckpointError(f"{what} '{path}' ended early while reading '{name}': "
                                           f"truncated? Download it again.")
                 t = buf.view(st_dtype).reshape(info["shape"])
-                if dtype is not None and t.is_floating_point() and t.dtype != dtype:
-                    t = t.to(dtype)
+                want = dtype(name) if callable(dtype) else dtype
+                if want is not None and t.is_floating_point() and t.dtype != want:
+                    t = t.to(want)
                 sd[name] = t.to(device)
     return sd
 
