@@ -69,3 +69,10 @@ def test_safetensors_reader_matches_library(tmp_path):
         assert out[k].dtype == sd[k].dtype and torch.equal(out[k], sd[k])
     conv = load_safetensors([tmp_path / "m.safetensors"], "x", dtype=torch.float16)
     assert conv["a"].dtype == torch.float16 and conv["c"].dtype == torch.int64
+
+
+def test_plain_text_garbage(tmp_path):
+    p = tmp_path / "x.pth"
+    p.write_bytes(b"this is not a checkpoint" * 10)
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
+        load_pth(p, "VAE checkpoint")

@@ -103,7 +103,8 @@ def load_pth(path: str | os.PathLike, what: str, mmap: bool = True) -> StateDict
         raise CheckpointError(
             f"{what} '{p}' is not a readable PyTorch checkpoint ({reason}): "
             f"truncated or corrupted? Download it again.") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, IndexError,
+            KeyError, TypeError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CheckpointError(
             f"{what} '{p}' is not a readable PyTorch checkpoint ({msg}): "

@@ -124,29 +124,180 @@ def write_dit(folder: str | Path, model_type: str = "t2v", sizes: TinySizes = Ti
 # --------------------------------------------------------------------- VAE
 def write_vae(path: str | Path, sizes: TinySizes = TinySizes(), seed: int = 1) -> Path:
     """Write ``Wan2.1_VAE.pth`` (fp32 state dict, official key names)."""
-    raise NotImplementedError("filled in by the VAE work")
+    from ..modules.vae import VideoVAE, init_random_weights
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with torch.device("meta"):  # skip the default init; every tensor is filled below
+        model = VideoVAE(dim=sizes.vae_dim, z_dim=16)
+    model = model.to_empty(device="cpu")
+    init_random_weights(model, seed)
+    torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, path)
+    return path
 
 
 # --------------------------------------------------------------------- T5
 def write_umt5_tokenizer(folder: str | Path, sizes: TinySizes = TinySizes()) -> Path:
-    """Write a small umT5-style tokenizer (``tokenizer.json`` etc.) built locally."""
-    raise NotImplementedError("filled in by the T5 work")
+    """Write a small umT5-style tokenizer (``tokenizer.json`` etc.) built locally.
+
+    A SentencePiece-like Unigram model with ``sizes.t5_vocab`` pieces in T5's
+    layout (``<pad>`` 0, ``</s>`` 1, ``<unk>`` 2): a few English words, every
+    printable ASCII character, CJK punctuation and common Chinese characters
+    (all of the default negative prompt's). Anything else becomes ``<unk>``.
+    ``AutoTokenizer.from_pretrained(folder)`` loads it offline as a T5 tokenizer
+    that appends ``</s>``.
+    """
+    from tokenizers import Tokenizer, decoders, pre_tokenizers, processors
+    from tokenizers.models import Unigram
+
+    from ..configs.shared_config import wan_shared_cfg
+
+    specials = ["<pad>", "</s>", "<unk>"]
+    words = ("the a an of and in on at to is with from by its cat dog man woman girl boy "
+             "bird horse car city street park forest river sea beach mountain sky sun moon "
+             "night light water tree flower grass snow rain walking running flying playing "
+             "dancing camera slow motion video close up shot red blue green white black "
+             "golden small big young old beautiful style").split()
+    alnum = [chr(c) for c in range(0x21, 0x7F) if chr(c).isalnum()]
+    cjk_common = ("一只猫狗人在的了是和有个上下中大小里天地水山花草树风雨雪日月光明白红黑绿蓝色"
+                  "影画面视频镜头慢动作高清美丽女孩男子老年轻城市街道公园森林河海边走跑坐飞跳舞"
+                  "看着手脸发衣服穿戴背景前后左右远近我你他她们这那不也都很好说会要去来")
+    fixed = ([(p, 0.0) for p in specials] + [("\u2581", -2.0)]
+             + [("\u2581" + w, -4.0) for w in words]
+             + [("\u2581" + ch, -6.0) for ch in alnum]
+             + [(chr(c), -8.0) for c in range(0x21, 0x7F)])
+    if len(fixed) > sizes.t5_vocab:
+        raise ValueError(f"t5_vocab must be at least {len(fixed)}, got {sizes.t5_vocab}")
+    cjk = "。、，！？：；“”‘’（）《》" + wan_shared_cfg.sample_neg_prompt + cjk_common
+    cjk += "".join(chr(c) for c in range(0x4E00, 0x4E00 + sizes.t5_vocab))
+    pieces = dict(fixed)
+    for ch in cjk:
+        if len(pieces) == sizes.t5_vocab:
+            break
+        pieces.setdefault(ch, -7.0)
+
+    tok = Tokenizer(Unigram(list(pieces.items()), unk_id=2, byte_fallback=False))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.WhitespaceSplit(),
+        pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always", split=True)])
+    tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always", split=True)
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)])
+    tok.add_special_tokens(specials)
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save(str(folder / "tokenizer.json"))
+    special_map = {"eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
+    config = {"tokenizer_class": "T5Tokenizer", "extra_ids": 0, "model_max_length": 512,
+              "clean_up_tokenization_spaces": False, **special_map}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    (folder / "special_tokens_map.json").write_text(json.dumps(special_map, indent=2))
+    return folder
 
 
 def write_t5(path: str | Path, sizes: TinySizes = TinySizes(), seed: int = 2) -> Path:
     """Write ``models_t5_umt5-xxl-enc-bf16.pth`` (bf16 state dict, official key names)."""
-    raise NotImplementedError("filled in by the T5 work")
+    from ..modules.t5 import T5Encoder
+
+    model = T5Encoder(vocab=sizes.t5_vocab, dim=sizes.t5_dim, dim_attn=sizes.t5_dim,
+                      dim_ffn=sizes.t5_ffn_dim, num_heads=sizes.t5_heads,
+                      num_layers=sizes.t5_layers, num_buckets=sizes.t5_num_buckets,
+                      shared_pos=False)
+    _random_like_official(model, seed)
+    sd = {k: v.to(torch.bfloat16).contiguous() for k, v in model.state_dict().items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(sd, path)
+    return path
 
 
 # --------------------------------------------------------------------- CLIP
 def write_xlm_roberta_tokenizer(folder: str | Path) -> Path:
-    """Write a small XLM-RoBERTa-style tokenizer folder (I2V keeps it for layout only)."""
-    raise NotImplementedError("filled in by the CLIP work")
+    """Write a small XLM-RoBERTa-style tokenizer folder (I2V keeps it for layout only).
+
+    A Unigram model with the XLM-R special tokens (``<s>`` 0, ``<pad>`` 1,
+    ``</s>`` 2, ``<unk>`` 3, ``<mask>`` last), ``▁`` word boundaries and the
+    ``<s> ... </s>`` template, built locally with ``tokenizers``; it loads
+    offline with ``AutoTokenizer.from_pretrained(folder)``.
+    """
+    from tokenizers import (AddedToken, Regex, Tokenizer, decoders, models, normalizers,
+                            pre_tokenizers, processors)
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    specials = ["<s>", "<pad>", "</s>", "<unk>"]
+    words = ["the", "a", "of", "and", "in", "on", "with", "cat", "dog", "man", "woman",
+             "walking", "running", "video", "camera", "street", "beach", "sunset", "red", "blue"]
+    chars = list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,!?'-")
+    vocab = [(t, 0.0) for t in specials] + [("▁", -3.0)]
+    vocab += [("▁" + w, -6.0 - 0.01 * i) for i, w in enumerate(words)]
+    vocab += [("▁" + c, -9.0) for c in chars] + [(c, -10.0) for c in chars]
+    vocab.append(("<mask>", 0.0))
+    mask_id = len(vocab) - 1
+
+    tok = Tokenizer(models.Unigram(vocab, unk_id=3, byte_fallback=False))
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(),
+                                           normalizers.Replace(Regex(" {2,}"), " ")])
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
+        special_tokens=[("<s>", 0), ("</s>", 2)])
+    tok.add_special_tokens(specials + [AddedToken("<mask>", lstrip=True, special=True)])
+    tok.save(str(folder / "tokenizer.json"))
+
+    special_map = {"bos_token": "<s>", "eos_token": "</s>", "sep_token": "</s>",
+                   "cls_token": "<s>", "unk_token": "<unk>", "pad_token": "<pad>",
+                   "mask_token": "<mask>"}
+    config = {"tokenizer_class": "XLMRobertaTokenizer", "model_max_length": 512,
+              "clean_up_tokenization_spaces": True, **special_map}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    (folder / "special_tokens_map.json").write_text(json.dumps(special_map, indent=2))
+    log.debug("wrote a %d-token XLM-RoBERTa-style tokenizer (<mask> = %d) to %s",
+              len(vocab), mask_id, folder)
+    return folder
 
 
 def write_clip(path: str | Path, sizes: TinySizes = TinySizes(), seed: int = 3) -> Path:
-    """Write the open-clip ``.pth`` (``visual.*``, ``textual.*`` and ``log_scale``)."""
-    raise NotImplementedError("filled in by the CLIP work")
+    """Write the open-clip ``.pth`` (``visual.*``, ``textual.*`` and ``log_scale``).
+
+    The image tower has the official names and layout (patch 14, 224 pixels,
+    heads 80 wide, ``sizes.clip_layers`` blocks, post-norm and head). The text
+    tower is reduced to a few small tensors with official names: I2V never
+    reads it. Stored in fp32 like the official file.
+    """
+    import torch.nn as nn
+
+    from ..modules.clip import HEAD_DIM, VisionTowerSpec, VisionTransformer
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    width, text_dim, embed_dim, vocab, text_len = sizes.clip_width, 32, 64, 64, 514
+    spec = VisionTowerSpec(image_size=224, patch_size=14, width=width,
+                           num_layers=sizes.clip_layers,
+                           mlp_dim=int(width * sizes.clip_mlp_ratio),
+                           num_heads=width // HEAD_DIM)
+    with torch.device("meta"):
+        visual = VisionTransformer(spec)
+        visual.post_norm = nn.LayerNorm(width)
+        visual.head = nn.Parameter(torch.empty(width, embed_dim))
+        textual = nn.Module()
+        textual.token_embedding = nn.Embedding(vocab, text_dim)
+        textual.type_embedding = nn.Embedding(1, text_dim)
+        textual.pos_embedding = nn.Embedding(text_len, text_dim)
+        textual.norm = nn.LayerNorm(text_dim)
+        textual.head = nn.Sequential(nn.Linear(text_dim, (text_dim + embed_dim) // 2, bias=False),
+                                     nn.GELU(),
+                                     nn.Linear((text_dim + embed_dim) // 2, embed_dim, bias=False))
+        clip = nn.Module()
+        clip.visual, clip.textual = visual, textual
+    clip.to_empty(device="cpu")
+    _random_like_official(clip, seed)
+    sd = {k: v.contiguous() for k, v in clip.state_dict().items()}
+    sd["log_scale"] = torch.tensor(math.log(1 / 0.07))
+    torch.save(sd, path)
+    return path
 
 
 # --------------------------------------------------------------------- all
