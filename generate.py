@@ -1,0 +1,328 @@
+"""Generate a video or an image with Wan2.1: text-to-video, image-to-video, text-to-image.
+
+    python generate.py --task t2v-1.3B --size 832*480 --ckpt_dir ./Wan2.1-T2V-1.3B --prompt "..."
+    torchrun --nproc_per_node=8 generate.py --task t2v-14B ... --dit_fsdp --t5_fsdp --ulysses_size 8
+
+argparse -> validation (one-line errors) -> pipeline -> output file + JSON sidecar.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+EXAMPLE_PROMPT = {
+    "t2v-1.3B": "Two anthropomorphic cats in comfy boxing gear and bright gloves fight intensely "
+                "on a spotlighted stage.",
+    "t2v-14B": "Two anthropomorphic cats in comfy boxing gear and bright gloves fight intensely "
+               "on a spotlighted stage.",
+    "t2i-14B": "一个朴素端庄的美人",
+    "i2v-14B": "Summer beach vacation style, a white cat wearing sunglasses sits on a surfboard. "
+               "The fluffy-furred feline gazes directly at the camera with a relaxed expression. "
+               "Blurred beach scenery forms the background featuring crystal-clear waters, distant "
+               "green hills, and a blue sky dotted with white clouds. The cat assumes a naturally "
+               "relaxed posture, as if savoring the sea breeze and warm sunlight. A close-up shot "
+               "highlights the feline's intricate details and the refreshing atmosphere of the "
+               "seaside.",
+}
+EXAMPLE_IMAGE = str(Path(__file__).resolve().parent / "examples" / "i2v_input.JPG")
+
+# Settings a sidecar stores and --replay restores.
+REPLAY_KEYS = ("task", "size", "frame_num", "prompt", "negative_prompt", "base_seed", "image",
+               "sample_solver", "sample_steps", "sample_shift", "sample_guide_scale", "fps")
+
+log = logging.getLogger("generate")
+
+
+class UsageError(Exception):
+    """Bad input: reported as one line, exit code 2, no traceback, no output file."""
+
+
+def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from wan.configs import WAN_CONFIGS
+    from wan.utils.fm_solvers import SOLVERS
+    from wan.utils.utils import str2bool
+
+    p = argparse.ArgumentParser(description="Generate a video or an image with Wan2.1.")
+    p.add_argument("--task", default="t2v-14B", choices=list(WAN_CONFIGS),
+                   help="what to run (default: t2v-14B)")
+    p.add_argument("--size", default="1280*720",
+                   help="WIDTH*HEIGHT of the output; for i2v, the area (the image sets the aspect)")
+    p.add_argument("--frame_num", type=int, default=None,
+                   help="number of frames, 4n+1 (default 81; 1 for t2i)")
+    p.add_argument("--ckpt_dir", default=None, help="the downloaded checkpoint folder")
+    p.add_argument("--offload_model", type=str2bool, default=None,
+                   help="move each model off the GPU after use to save memory "
+                        "(default True in one process, False with several)")
+    p.add_argument("--ulysses_size", type=int, default=1,
+                   help="Ulysses sequence-parallel size (multi-GPU)")
+    p.add_argument("--ring_size", type=int, default=1, help="ring attention size (multi-GPU)")
+    p.add_argument("--t5_fsdp", action="store_true", help="shard the T5 encoder with FSDP")
+    p.add_argument("--t5_cpu", action="store_true", help="run the T5 encoder on the CPU")
+    p.add_argument("--dit_fsdp", action="store_true", help="shard the DiT with FSDP")
+    p.add_argument("--save_file", default=None,
+                   help="output file (default: task_size_ulysses_ring_prompt_time.mp4/.png)")
+    p.add_argument("--prompt", default=None, help="the text prompt (default: an example prompt)")
+    p.add_argument("--negative_prompt", default="",
+                   help="what to avoid (default: the official negative prompt)")
+    p.add_argument("--use_prompt_extend", action="store_true",
+                   help="rewrite the prompt with a language model before generating")
+    p.add_argument("--prompt_extend_method", default="local_qwen",
+                   choices=["dashscope", "local_qwen"])
+    p.add_argument("--prompt_extend_model", default=None,
+                   help="model for prompt extension (DashScope name, hub name or local path)")
+    p.add_argument("--prompt_extend_target_lang", default="ch", choices=["ch", "zh", "en"],
+                   help="language of the extended prompt (ch and zh are the same)")
+    p.add_argument("--base_seed", type=int, default=-1, help="seed (-1: random)")
+    p.add_argument("--image", default=None, help="input image for i2v")
+    p.add_argument("--sample_solver", default="unipc", choices=list(SOLVERS))
+    p.add_argument("--sample_steps", type=int, default=None,
+                   help="denoising steps (default 50; 40 for i2v)")
+    p.add_argument("--sample_shift", type=float, default=None,
+                   help="flow shift (default 5.0; 3.0 for i2v at 480P)")
+    p.add_argument("--sample_guide_scale", type=float, default=5.0,
+                   help="classifier-free guidance scale")
+    p.add_argument("--device", default=None,
+                   help="cuda, cuda:N, mps or cpu (default: CUDA if available, else MPS, else CPU)")
+    p.add_argument("--fps", type=int, default=None, help="frames per second of the MP4 (default 16)")
+    p.add_argument("--replay", default=None, metavar="OUTPUT.json",
+                   help="re-run the generation described by a sidecar file")
+    return p.parse_args(argv)
+
+
+def _apply_replay(args: argparse.Namespace) -> None:
+    from wan.utils.io import read_sidecar
+
+    try:
+        data = read_sidecar(args.replay)
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(str(e)) from None
+    for key in REPLAY_KEYS:
+        if key in data:
+            setattr(args, key, data[key])
+    if args.ckpt_dir is None:
+        args.ckpt_dir = data.get("ckpt_dir")
+    args.use_prompt_extend = False  # the sidecar holds the prompt as it was used
+
+
+def _validate(args: argparse.Namespace, world_size: int) -> None:
+    """Fill defaults as the official script does and reject bad input with one clear line."""
+    from wan.configs import SUPPORTED_SIZES
+
+    is_i2v, is_t2i = args.task.startswith("i2v"), args.task.startswith("t2i")
+    if args.ckpt_dir is None:
+        raise UsageError("--ckpt_dir is required: the folder of the downloaded checkpoint "
+                         "(see README, 'Model download')")
+    if not Path(args.ckpt_dir).is_dir():
+        raise UsageError(f"checkpoint folder not found: '{args.ckpt_dir}' (download it, or fix "
+                         f"--ckpt_dir)")
+    if args.size not in SUPPORTED_SIZES[args.task]:
+        raise UsageError(f"unsupported size {args.size} for task {args.task}; supported sizes: "
+                         f"{', '.join(SUPPORTED_SIZES[args.task])}")
+    if args.frame_num is None:
+        args.frame_num = 1 if is_t2i else 81
+    if is_t2i and args.frame_num != 1:
+        raise UsageError(f"task {args.task} makes one image: --frame_num must be 1, "
+                         f"got {args.frame_num}")
+    if args.frame_num < 1 or (args.frame_num - 1) % 4:
+        raise UsageError(f"--frame_num must be 4n+1 (1, 5, 9, ..., 81), got {args.frame_num}")
+    if args.sample_steps is None:
+        args.sample_steps = 40 if is_i2v else 50
+    if args.sample_steps < 1:
+        raise UsageError(f"--sample_steps must be at least 1, got {args.sample_steps}")
+    if args.sample_shift is None:
+        args.sample_shift = 3.0 if is_i2v and args.size in ("832*480", "480*832") else 5.0
+    if args.sample_shift <= 0:
+        raise UsageError(f"--sample_shift must be > 0, got {args.sample_shift}")
+    if args.sample_guide_scale < 0:
+        raise UsageError(f"--sample_guide_scale must be >= 0, got {args.sample_guide_scale}")
+    if args.fps is not None and args.fps < 1:
+        raise UsageError(f"--fps must be at least 1, got {args.fps}")
+    if args.ulysses_size < 1 or args.ring_size < 1:
+        raise UsageError("--ulysses_size and --ring_size must be at least 1")
+    parallel = args.ulysses_size > 1 or args.ring_size > 1
+    if world_size == 1 and (args.t5_fsdp or args.dit_fsdp or parallel):
+        raise UsageError("--t5_fsdp, --dit_fsdp, --ulysses_size and --ring_size need several "
+                         "processes: launch with torchrun --nproc_per_node=N generate.py ...")
+    if parallel and args.ulysses_size * args.ring_size != world_size:
+        raise UsageError(f"--ulysses_size x --ring_size ({args.ulysses_size} x {args.ring_size}) "
+                         f"must equal the number of processes ({world_size})")
+    if args.t5_fsdp and args.t5_cpu:
+        raise UsageError("--t5_fsdp and --t5_cpu exclude each other")
+    if args.prompt is None:
+        args.prompt = EXAMPLE_PROMPT[args.task]
+    if not args.prompt.strip():
+        raise UsageError("--prompt is empty: describe what to generate")
+    if is_i2v:
+        if args.image is None:
+            args.image = EXAMPLE_IMAGE
+        if not Path(args.image).is_file():
+            raise UsageError(f"input image not found: '{args.image}'")
+    if args.offload_model is None:
+        args.offload_model = world_size == 1
+
+
+def _load_image(path: str):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError) as e:
+        raise UsageError(f"cannot read the input image '{path}': {e}") from None
+
+
+def _init_logging(rank: int) -> None:
+    level = logging.INFO if rank == 0 else logging.ERROR
+    logging.basicConfig(level=level, format="[%(asctime)s] %(levelname)s: %(message)s",
+                        handlers=[logging.StreamHandler(stream=sys.stdout)], force=True)
+
+
+def _device(args: argparse.Namespace, local_rank: int):
+    import torch
+
+    if args.device:
+        dev = torch.device(args.device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise UsageError("--device cuda was asked for but CUDA is not available here")
+        if dev.type == "cuda" and dev.index is None:
+            dev = torch.device("cuda", local_rank)
+        return dev
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank)
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def _extend_prompt(args, image, rank: int) -> str:
+    """Prompt extension on rank 0 (falls back to the original prompt on any failure)."""
+    if rank != 0:
+        return args.prompt
+    try:
+        from wan.utils.prompt_extend import make_prompt_expander
+    except ImportError as e:
+        log.warning("Prompt extension is unavailable (%s); using the original prompt.", e)
+        return args.prompt
+    expander = make_prompt_expander(args.prompt_extend_method, args.prompt_extend_model,
+                                    is_vl=args.task.startswith("i2v"), device=args.device_obj)
+    out = expander(args.prompt, tar_lang=args.prompt_extend_target_lang, image=image,
+                   seed=args.base_seed)
+    if not out.status:
+        log.warning("Prompt extension failed (%s); using the original prompt.", out.message)
+        return args.prompt
+    log.info("Extended prompt: %s", out.prompt)
+    return out.prompt
+
+
+def generate(args: argparse.Namespace) -> Path | None:
+    import torch
+    import torch.distributed as dist
+
+    import wan
+    from wan.configs import MAX_AREA_CONFIGS, SIZE_CONFIGS, WAN_CONFIGS
+    from wan.sampling import resolve_seed
+    from wan.utils.io import default_save_file, save_image, save_video, write_sidecar
+
+    rank = int(os.getenv("RANK", 0))
+    world_size = int(os.getenv("WORLD_SIZE", 1))
+    local_rank = int(os.getenv("LOCAL_RANK", 0))
+    _init_logging(rank)
+    if args.replay:
+        _apply_replay(args)
+    _validate(args, world_size)
+    device = _device(args, local_rank)
+    args.device_obj = device
+    cfg = WAN_CONFIGS[args.task]
+    if args.ulysses_size > 1 and cfg.num_heads % args.ulysses_size:
+        raise UsageError(f"the model has {cfg.num_heads} attention heads, which --ulysses_size "
+                         f"{args.ulysses_size} does not divide")
+
+    if world_size > 1:
+        from wan.distributed.util import init_distributed
+        init_distributed(args, rank, world_size, device)
+
+    args.base_seed = resolve_seed(args.base_seed)
+    if world_size > 1:
+        seed = [args.base_seed]
+        dist.broadcast_object_list(seed, src=0)
+        args.base_seed = seed[0]
+
+    image = _load_image(args.image) if args.task.startswith("i2v") else None
+    original_prompt = args.prompt
+    if args.use_prompt_extend:
+        prompt = [_extend_prompt(args, image, rank)]
+        if world_size > 1:
+            dist.broadcast_object_list(prompt, src=0)
+        args.prompt = prompt[0]
+    log.info("Task %s, size %s, %d frames, %d steps (%s), shift %.2f, guide %.2f, seed %d, "
+             "device %s", args.task, args.size, args.frame_num, args.sample_steps,
+             args.sample_solver, args.sample_shift, args.sample_guide_scale, args.base_seed, device)
+    log.info("Prompt: %s", args.prompt)
+
+    t0 = time.perf_counter()
+    common = dict(config=cfg, checkpoint_dir=args.ckpt_dir, device_id=device, rank=rank,
+                  t5_fsdp=args.t5_fsdp, dit_fsdp=args.dit_fsdp,
+                  use_usp=args.ulysses_size > 1 or args.ring_size > 1, t5_cpu=args.t5_cpu)
+    sampling = dict(frame_num=args.frame_num, shift=args.sample_shift,
+                    sample_solver=args.sample_solver, sampling_steps=args.sample_steps,
+                    guide_scale=args.sample_guide_scale, n_prompt=args.negative_prompt,
+                    seed=args.base_seed, offload_model=args.offload_model)
+    if args.task.startswith("i2v"):
+        pipe = wan.WanI2V(**common)
+        video = pipe.generate(args.prompt, image, max_area=MAX_AREA_CONFIGS[args.size], **sampling)
+    else:
+        pipe = wan.WanT2V(**common)
+        video = pipe.generate(args.prompt, size=SIZE_CONFIGS[args.size], **sampling)
+
+    if rank != 0:
+        return None
+    save_file = args.save_file or default_save_file(args.task, args.size, args.ulysses_size,
+                                                    args.ring_size, args.prompt)
+    fps = args.fps or cfg.sample_fps
+    if args.task.startswith("t2i"):
+        out = save_image(video[:, 0], save_file)
+    else:
+        out = save_video(video, save_file, fps=fps)
+    settings = {k: getattr(args, k) for k in REPLAY_KEYS}
+    settings.update(fps=fps, negative_prompt=args.negative_prompt or cfg.sample_neg_prompt,
+                    ckpt_dir=str(Path(args.ckpt_dir).resolve()), device=str(device),
+                    offload_model=args.offload_model, t5_cpu=args.t5_cpu,
+                    ulysses_size=args.ulysses_size, ring_size=args.ring_size,
+                    image=str(Path(args.image).resolve()) if args.image else None,
+                    seconds=round(time.perf_counter() - t0, 2))
+    if args.use_prompt_extend:
+        settings.update(original_prompt=original_prompt,
+                        prompt_extend_method=args.prompt_extend_method,
+                        prompt_extend_model=args.prompt_extend_model,
+                        prompt_extend_target_lang=args.prompt_extend_target_lang)
+    sidecar = write_sidecar(out, settings)
+    log.info("Saved %s (settings in %s)", out, sidecar.name)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    try:
+        generate(args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - known user-facing errors get one line
+        from wan.utils.checkpoint import CheckpointError
+        if isinstance(e, (CheckpointError, ValueError, FileNotFoundError)):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""Image-to-video with the Wan2.1 I2V-14B models (480P and 720P)."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .modules.clip import CLIPModel
+from .pipeline import WanPipelineBase, stage
+from .sampling import Conditioning
+
+__all__ = ["WanI2V", "i2v_latent_size", "first_frame_mask"]
+
+log = logging.getLogger(__name__)
+
+
+def i2v_latent_size(img_h: int, img_w: int, max_area: int, vae_stride: tuple[int, ...],
+                    patch_size: tuple[int, ...]) -> tuple[int, int]:
+    """Latent height/width keeping the image's aspect ratio within ``max_area`` pixels.
+
+    Rounded down to the patch grid, exactly as the official pipeline computes it.
+    """
+    aspect = img_h / img_w
+    lat_h = round(np.sqrt(max_area * aspect) // vae_stride[1] // patch_size[1] * patch_size[1])
+    lat_w = round(np.sqrt(max_area / aspect) // vae_stride[2] // patch_size[2] * patch_size[2])
+    if lat_h < patch_size[1] or lat_w < patch_size[2]:
+        raise ValueError(f"max_area {max_area} is too small for an image of {img_w}x{img_h}")
+    return lat_h, lat_w
+
+
+def first_frame_mask(frame_num: int, lat_h: int, lat_w: int, device: torch.device) -> torch.Tensor:
+    """``[4, (F-1)/4+1, lat_h, lat_w]`` mask: 1 on the (4x repeated) first frame, 0 elsewhere.
+
+    The first video frame is repeated four times so that the F+3 frames fold
+    into groups of four, one group per latent frame.
+    """
+    per_frame = torch.zeros(frame_num + 3, lat_h, lat_w, device=device)
+    per_frame[:4] = 1
+    return per_frame.view(-1, 4, lat_h, lat_w).transpose(0, 1).contiguous()
+
+
+def image_to_tensor(img) -> torch.Tensor:
+    """PIL image / HWC uint8 array / CHW tensor in [0, 1] -> ``[3, H, W]`` float in [-1, 1]."""
+    if isinstance(img, Image.Image):
+        arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+        t = torch.from_numpy(arr).permute(2, 0, 1)
+    elif isinstance(img, np.ndarray):
+        t = torch.from_numpy(np.ascontiguousarray(img)).float().permute(2, 0, 1) / 255.0
+    elif isinstance(img, torch.Tensor):
+        t = img.float()
+    else:
+        raise TypeError(f"img must be a PIL image, a numpy array or a tensor, got {type(img).__name__}")
+    if t.dim() != 3 or t.size(0) != 3:
+        raise ValueError(f"the input image must have 3 channels (RGB), got shape {tuple(t.shape)}")
+    return t.sub(0.5).div(0.5)
+
+
+class WanI2V(WanPipelineBase):
+    """Image-to-video pipeline with the official constructor and ``generate`` signature."""
+
+    model_type = "i2v"
+
+    def __init__(self, config, checkpoint_dir, device_id=0, rank=0, t5_fsdp=False, dit_fsdp=False,
+                 use_usp=False, t5_cpu=False, init_on_cpu=True):
+        # init_on_cpu is kept for compatibility: components start on the CPU and
+        # move to the accelerator when first used.
+        super().__init__(config, checkpoint_dir, device_id, rank, t5_fsdp, dit_fsdp, use_usp,
+                         t5_cpu)
+
+    def _load_extra_encoders(self, config) -> None:
+        with stage("loading the image encoder"):
+            self.clip = CLIPModel(dtype=config.clip_dtype, device=torch.device("cpu"),
+                                  checkpoint_path=self.checkpoint_dir / config.clip_checkpoint,
+                                  tokenizer_path=self.checkpoint_dir / config.clip_tokenizer)
+
+    def generate(self, input_prompt: str, img, max_area: int = 720 * 1280, frame_num: int = 81,
+                 shift: float = 5.0, sample_solver: str = "unipc", sampling_steps: int = 40,
+                 guide_scale: float = 5.0, n_prompt: str = "", seed: int = -1,
+                 offload_model: bool = True, on_step=None) -> torch.Tensor | None:
+        """Animate ``img`` (PIL image) into ``[3, frame_num, H, W]`` in [-1, 1].
+
+        The output keeps the image's aspect ratio with about ``max_area`` pixels.
+        """
+        self.check_sampling_args(frame_num, sample_solver, sampling_steps, guide_scale, shift)
+        image = image_to_tensor(img).to(self.device)
+        lat_h, lat_w = i2v_latent_size(image.shape[1], image.shape[2], max_area, self.vae_stride,
+                                       self.patch_size)
+        h, w = lat_h * self.vae_stride[1], lat_w * self.vae_stride[2]
+        shape = (16, (frame_num - 1) // self.vae_stride[0] + 1, lat_h, lat_w)
+        seq_len = self.seq_len(shape)
+        n_prompt = n_prompt or self.sample_neg_prompt
+
+        noise = self.prepare_noise(shape, seed)
+        mask = first_frame_mask(frame_num, lat_h, lat_w, self.device)
+        context, context_null = self.encode_text([input_prompt, n_prompt], offload_model)
+
+        self._activate("clip", offload_model)
+        with stage("image encoding"), torch.no_grad():
+            # fp32 holds the half-precision features exactly (the DiT normalises them in fp32).
+            clip_fea = self.clip.visual([image[:, None]]).float()
+            first = F.interpolate(image[None].cpu(), size=(h, w), mode="bicubic").transpose(0, 1)
+            frames = torch.cat([first, torch.zeros(3, frame_num - 1, h, w)], dim=1)
+            self._activate("vae", offload_model)
+            y = torch.cat([mask, self.vae.encode([frames.to(self.device)])[0]])
+
+        cond = Conditioning(context, clip_fea=clip_fea, y=y)
+        uncond = Conditioning(context_null, clip_fea=clip_fea, y=y)
+        latent = self.denoise(noise, cond, uncond, seq_len, sample_solver, sampling_steps, shift,
+                              guide_scale, offload_model, on_step=on_step)
+        video = self.decode(latent, offload_model) if self.rank == 0 else None
+        self._finish()
+        return video

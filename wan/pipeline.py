@@ -1,0 +1,220 @@
+"""What every task pipeline shares: devices, loading, offloading, text encoding, decoding.
+
+:class:`WanT2V` and :class:`WanI2V` subclass :class:`WanPipelineBase` and only
+build their conditioning; the denoising loop is :func:`wan.sampling.sample`.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import math
+import os
+import time
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from .modules.model import WanModel
+from .modules.t5 import T5EncoderModel
+from .modules.vae import WanVAE
+from .sampling import Conditioning, initial_noise, resolve_seed, sample
+from .utils.checkpoint import require_dir
+from .utils.fm_solvers import SOLVERS
+
+__all__ = ["WanPipelineBase", "resolve_device"]
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(device_id: int | str | torch.device | None) -> torch.device:
+    """``device_id`` as a device: an int is a CUDA index (or MPS/CPU when CUDA is absent)."""
+    if isinstance(device_id, torch.device):
+        return device_id
+    if isinstance(device_id, str):
+        return torch.device(device_id)
+    if torch.cuda.is_available():
+        return torch.device(f"cuda:{device_id or 0}")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def empty_cache(device: torch.device) -> None:
+    """Release cached accelerator memory (no-op on the CPU)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps":
+        torch.mps.empty_cache()
+
+
+@contextmanager
+def stage(name: str):
+    """Log a stage of the generation with its duration."""
+    t0 = time.perf_counter()
+    yield
+    log.info("%s took %.2f s", name, time.perf_counter() - t0)
+
+
+class WanPipelineBase:
+    """Loads T5, VAE and the DiT of a checkpoint folder and places them on devices."""
+
+    model_type = "t2v"
+
+    def __init__(self, config, checkpoint_dir: str | os.PathLike,
+                 device_id: int | str | torch.device = 0, rank: int = 0, t5_fsdp: bool = False,
+                 dit_fsdp: bool = False, use_usp: bool = False, t5_cpu: bool = False):
+        self.config = config
+        self.checkpoint_dir = Path(require_dir(checkpoint_dir, "checkpoint"))
+        self.device = resolve_device(device_id)
+        self.rank = rank
+        self.t5_cpu = t5_cpu
+        self.num_train_timesteps = config.num_train_timesteps
+        self.param_dtype = config.param_dtype
+        self.vae_stride = tuple(config.vae_stride)
+        self.patch_size = tuple(config.patch_size)
+        self.sample_neg_prompt = config.sample_neg_prompt
+        self.last_seed: int | None = None
+        self.sp_size = 1
+        self._on_device: set[str] = set()
+
+        shard_fn = None
+        if t5_fsdp or dit_fsdp:
+            from .distributed.fsdp import shard_model
+            shard_fn = partial(shard_model, device_id=self.device.index or 0)
+
+        with stage("loading the text encoder"):
+            self.text_encoder = T5EncoderModel(
+                text_len=config.text_len, dtype=config.t5_dtype, device=torch.device("cpu"),
+                checkpoint_path=self.checkpoint_dir / config.t5_checkpoint,
+                tokenizer_path=self.checkpoint_dir / config.t5_tokenizer,
+                shard_fn=shard_fn if t5_fsdp else None)
+        with stage("loading the VAE"):
+            self.vae = WanVAE(vae_pth=self.checkpoint_dir / config.vae_checkpoint,
+                              device=torch.device("cpu"))
+        self._load_extra_encoders(config)
+        with stage("loading the DiT"):
+            half = self.param_dtype if self.param_dtype in (torch.bfloat16, torch.float16) else None
+            self.model = WanModel.from_pretrained(
+                self.checkpoint_dir, model_type=self.model_type, matmul_dtype=half,
+                torch_dtype=None if half else self.param_dtype)
+        self._check_text_width()
+
+        if use_usp:
+            from .distributed.sequence_parallel import enable_sequence_parallel
+            self.sp_size = enable_sequence_parallel(self.model)
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+        if dit_fsdp:
+            self.model = shard_fn(self.model)
+            self._on_device.add("dit")
+
+    # ---------------------------------------------------------------- hooks
+    def _load_extra_encoders(self, config) -> None:
+        """Subclasses load further encoders here (CLIP for i2v)."""
+
+    def _check_text_width(self) -> None:
+        t5_dim = self.text_encoder.model.token_embedding.weight.shape[1]
+        if t5_dim != self.model.text_dim:
+            from .utils.checkpoint import CheckpointError
+            raise CheckpointError(
+                f"the text encoder in '{self.checkpoint_dir}' is {t5_dim} wide but the DiT expects "
+                f"{self.model.text_dim}: the folder mixes files of different models.")
+
+    # ---------------------------------------------------------------- placement
+    def _modules(self) -> dict[str, torch.nn.Module]:
+        mods = {"t5": self.text_encoder.model, "vae": self.vae.model, "dit": self.model}
+        clip = getattr(self, "clip", None)
+        if clip is not None:
+            mods["clip"] = clip.model
+        return mods
+
+    def _move(self, name: str, device: torch.device) -> None:
+        if name == "dit" and hasattr(self.model, "_fsdp_wrapped_module"):
+            return  # FSDP-sharded: already on its device
+        if name == "vae":
+            self.vae.to(device)
+        else:
+            self._modules()[name].to(device)
+
+    def _activate(self, name: str, offload_model: bool) -> None:
+        """Put component ``name`` on the accelerator; with offloading, move the others off it."""
+        if self.device.type == "cpu":
+            return
+        if offload_model:
+            for other in list(self._on_device):
+                if other != name and not (other == "dit" and hasattr(self.model, "_fsdp_wrapped_module")):
+                    self._move(other, torch.device("cpu"))
+                    self._on_device.discard(other)
+            empty_cache(self.device)
+        if name in self._modules() and name not in self._on_device:
+            self._move(name, self.device)
+            self._on_device.add(name)
+
+    # ---------------------------------------------------------------- stages
+    def encode_text(self, prompts: list[str], offload_model: bool) -> list[torch.Tensor]:
+        """umT5 embeddings of ``prompts`` on the pipeline device (trimmed to their lengths)."""
+        with stage("text encoding"):
+            if self.t5_cpu:
+                out = self.text_encoder(prompts, torch.device("cpu"))
+                return [u.to(self.device) for u in out]
+            self._activate("t5", offload_model)
+            return self.text_encoder(prompts, self.device)
+
+    def latent_shape(self, frame_num: int, height: int, width: int) -> tuple[int, int, int, int]:
+        st, sh, sw = self.vae_stride
+        return (self.vae.model.z_dim, (frame_num - 1) // st + 1, height // sh, width // sw)
+
+    def seq_len(self, latent_shape: tuple[int, ...]) -> int:
+        """Number of DiT tokens, rounded up to a multiple of the sequence-parallel size."""
+        _, f, h, w = latent_shape
+        tokens = f * h * w / (self.patch_size[1] * self.patch_size[2])
+        return math.ceil(tokens / self.sp_size) * self.sp_size
+
+    def denoise(self, noise: torch.Tensor, cond: Conditioning, uncond: Conditioning, seq_len: int,
+                sample_solver: str, sampling_steps: int, shift: float, guide_scale: float,
+                offload_model: bool, on_step=None) -> torch.Tensor:
+        self._activate("dit", offload_model)
+        with stage(f"denoising ({sampling_steps} steps, {sample_solver})"):
+            return sample(self.model, noise, cond, uncond, seq_len, solver=sample_solver,
+                          steps=sampling_steps, shift=shift, guide_scale=guide_scale,
+                          num_train_timesteps=self.num_train_timesteps,
+                          param_dtype=self.param_dtype, progress=self.rank == 0, on_step=on_step)
+
+    def decode(self, latent: torch.Tensor, offload_model: bool) -> torch.Tensor:
+        """Latent -> video ``[3, F, H, W]`` in [-1, 1] (the VAE computes in its own dtype, fp32)."""
+        self._activate("vae", offload_model)
+        with stage("VAE decoding"), torch.no_grad():
+            video = self.vae.decode([latent.to(self.device)])[0]
+        if offload_model:
+            self._activate("nothing", offload_model)  # leave the accelerator empty
+        return video
+
+    # ---------------------------------------------------------------- checks
+    @staticmethod
+    def check_sampling_args(frame_num: int, sample_solver: str, sampling_steps: int,
+                            guide_scale: float, shift: float) -> None:
+        if frame_num < 1 or (frame_num - 1) % 4:
+            raise ValueError(f"frame_num must be 4n+1 (1, 5, 9, ..., 81), got {frame_num}")
+        if sample_solver not in SOLVERS:
+            raise ValueError(f"unknown sample_solver '{sample_solver}'; choose one of "
+                             f"{', '.join(SOLVERS)}")
+        if sampling_steps < 1:
+            raise ValueError(f"sampling_steps must be at least 1, got {sampling_steps}")
+        if guide_scale < 0:
+            raise ValueError(f"guide_scale must be >= 0, got {guide_scale}")
+        if shift <= 0:
+            raise ValueError(f"shift must be > 0, got {shift}")
+
+    def prepare_noise(self, shape: tuple[int, ...], seed: int) -> torch.Tensor:
+        self.last_seed = resolve_seed(seed)
+        log.info("seed: %d", self.last_seed)
+        return initial_noise(shape, self.last_seed, self.device)
+
+    def _finish(self) -> None:
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
