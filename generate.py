@@ -208,8 +208,14 @@ def _extend_prompt(args, image, rank: int) -> str:
     except ImportError as e:
         log.warning("Prompt extension is unavailable (%s); using the original prompt.", e)
         return args.prompt
-    expander = make_prompt_expander(args.prompt_extend_method, args.prompt_extend_model,
-                                    is_vl=args.task.startswith("i2v"), device=args.device_obj)
+    try:
+        expander = make_prompt_expander(args.prompt_extend_method, args.prompt_extend_model,
+                                        is_vl=args.task.startswith("i2v"),
+                                        device=args.device_obj)
+    except Exception as e:  # noqa: BLE001 - e.g. DASH_API_KEY missing: go on without it
+        log.warning("Prompt extension is unavailable (%s); using the original prompt.", e)
+        return args.prompt
+    args.prompt_extend_model = expander.model_name  # the sidecar names the model used
     out = expander(args.prompt, tar_lang=args.prompt_extend_target_lang, image=image,
                    seed=args.base_seed)
     if not out.status:
@@ -305,22 +311,46 @@ def generate(args: argparse.Namespace) -> Path | None:
     return out
 
 
+def _multi_process() -> bool:
+    return int(os.getenv("WORLD_SIZE", 1)) > 1
+
+
+def _fail(e: BaseException, code: int) -> int:
+    """Print one line (naming the rank with several processes) and tell the other ranks."""
+    if _multi_process():
+        from wan.distributed.util import report_failure
+        print(f"error: rank {os.getenv('RANK', 0)}: {e}", file=sys.stderr, flush=True)
+        report_failure(e)
+    else:
+        print(f"error: {e}", file=sys.stderr)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     try:
         generate(args)
     except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return _fail(e, 2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 - known user-facing errors get one line
+        import torch.distributed as dist
+
         from wan.utils.checkpoint import CheckpointError
         if isinstance(e, (CheckpointError, ValueError, FileNotFoundError)):
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+            return _fail(e, 2)
+        if _multi_process() and isinstance(e, getattr(dist, "DistError", ())):
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            return _fail(RuntimeError(f"a collective operation failed ({first}); "
+                                      f"another process failed or was started differently"), 1)
+        if _multi_process():
+            _fail(e, 1)
         raise
+    if _multi_process():
+        from wan.distributed.util import shutdown_distributed
+        shutdown_distributed()
     return 0
 
 

@@ -24,3 +24,17 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 def seed_everything():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def t2v_ckpt(tmp_path_factory):
+    """A miniature T2V checkpoint folder in the official layout (shared by the tests)."""
+    from wan.utils.tiny_checkpoint import make_checkpoint
+    return make_checkpoint(tmp_path_factory.mktemp("tiny_t2v"), "t2v-1.3B", seed=11)
+
+
+@pytest.fixture(scope="session")
+def i2v_ckpt(tmp_path_factory):
+    """A miniature I2V checkpoint folder in the official layout (shared by the tests)."""
+    from wan.utils.tiny_checkpoint import make_checkpoint
+    return make_checkpoint(tmp_path_factory.mktemp("tiny_i2v"), "i2v-14B", seed=12)

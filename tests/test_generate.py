@@ -13,19 +13,8 @@ import pytest
 from PIL import Image
 
 import generate
-from wan.utils.tiny_checkpoint import make_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def t2v_ckpt(tmp_path_factory):
-    return make_checkpoint(tmp_path_factory.mktemp("t2v"), "t2v-1.3B", seed=21)
-
-
-@pytest.fixture(scope="module")
-def i2v_ckpt(tmp_path_factory):
-    return make_checkpoint(tmp_path_factory.mktemp("i2v"), "i2v-14B", seed=22)
 
 
 def run(*argv):

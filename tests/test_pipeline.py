@@ -12,7 +12,6 @@ from conftest import rel_err
 from wan.configs import WAN_CONFIGS
 from wan.image2video import first_frame_mask, i2v_latent_size
 from wan.sampling import initial_noise
-from wan.utils.tiny_checkpoint import make_checkpoint
 
 
 def fp32_config(task):
@@ -21,16 +20,6 @@ def fp32_config(task):
     if "clip_dtype" in cfg:
         cfg.clip_dtype = torch.float32
     return cfg
-
-
-@pytest.fixture(scope="module")
-def t2v_ckpt(tmp_path_factory):
-    return make_checkpoint(tmp_path_factory.mktemp("t2v"), "t2v-1.3B", seed=11)
-
-
-@pytest.fixture(scope="module")
-def i2v_ckpt(tmp_path_factory):
-    return make_checkpoint(tmp_path_factory.mktemp("i2v"), "i2v-14B", seed=12)
 
 
 def diffusers_pipeline(ckpt, steps, shift):

@@ -85,7 +85,7 @@ class WanPipelineBase:
         shard_fn = None
         if t5_fsdp or dit_fsdp:
             from .distributed.fsdp import shard_model
-            shard_fn = partial(shard_model, device_id=self.device.index or 0)
+            shard_fn = partial(shard_model, device_id=self.device)
 
         with stage("loading the text encoder"):
             self.text_encoder = T5EncoderModel(
@@ -133,8 +133,16 @@ class WanPipelineBase:
             mods["clip"] = clip.model
         return mods
 
+    def _sharded(self, name: str) -> bool:
+        """True for an FSDP-sharded component (it stays on its device)."""
+        module = self._modules().get(name)
+        if module is None or not (dist.is_available() and dist.is_initialized()):
+            return False
+        from .distributed.fsdp import is_sharded
+        return is_sharded(module)
+
     def _move(self, name: str, device: torch.device) -> None:
-        if name == "dit" and hasattr(self.model, "_fsdp_wrapped_module"):
+        if self._sharded(name):
             return  # FSDP-sharded: already on its device
         if name == "vae":
             self.vae.to(device)
@@ -147,7 +155,7 @@ class WanPipelineBase:
             return
         if offload_model:
             for other in list(self._on_device):
-                if other != name and not (other == "dit" and hasattr(self.model, "_fsdp_wrapped_module")):
+                if other != name and not self._sharded(other):
                     self._move(other, torch.device("cpu"))
                     self._on_device.discard(other)
             empty_cache(self.device)

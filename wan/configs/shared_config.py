@@ -29,3 +29,15 @@ wan_shared_cfg.sample_neg_prompt = (
     '色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，'
     '低质量，JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，'
     '毁容的，形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走')
+
+
+def dit_config(dim: int, ffn_dim: int, num_heads: int, num_layers: int) -> EasyDict:
+    """The transformer settings of a released model (the rest is common to all)."""
+    return EasyDict(patch_size=(1, 2, 2), dim=dim, ffn_dim=ffn_dim, freq_dim=256,
+                    num_heads=num_heads, num_layers=num_layers, window_size=(-1, -1),
+                    qk_norm=True, cross_attn_norm=True, eps=1e-6)
+
+
+def sampling_defaults(steps: int) -> EasyDict:
+    """Default sampling settings of the official command line."""
+    return EasyDict(sample_steps=steps, sample_shift=5.0, sample_guide_scale=5.0, frame_num=81)

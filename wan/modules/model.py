@@ -144,6 +144,9 @@ class WanLayerNorm(nn.LayerNorm):
 class SelfAttention(nn.Module):
     """Multi-head self-attention with RMS-normalised q/k and 3-axis RoPE."""
 
+    # Set by wan.distributed.sequence_parallel: attention of this rank's slice over all ranks.
+    sp = None
+
     def __init__(self, dim: int, num_heads: int, window_size=(-1, -1), qk_norm: bool = True,
                  eps: float = 1e-6):
         super().__init__()
@@ -166,11 +169,12 @@ class SelfAttention(nn.Module):
         q = apply_rope(self._heads(self.norm_q(self.q(x))), *rope)
         k = apply_rope(self._heads(self.norm_k(self.k(x))), *rope)
         v = self._heads(self.v(x))
-        out = attention(q, k, v, k_lens=seq_lens, window_size=self.window_size)
+        attend = attention if self.sp is None else self.sp.attention
+        out = attend(q, k, v, k_lens=seq_lens, window_size=self.window_size)
         return self.o(out.flatten(2))
 
 
-class CrossAttention(nn.Module):
+class CrossAttention(SelfAttention):
     """Attention from the video tokens to the text context (and, for i2v, the image context).
 
     The text context is padded to ``text_len`` with zeros and attended unmasked,
@@ -181,23 +185,13 @@ class CrossAttention(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, qk_norm: bool = True, eps: float = 1e-6,
                  image: bool = False, text_len: int = 512):
-        super().__init__()
-        self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
+        super().__init__(dim, num_heads, (-1, -1), qk_norm, eps)
         self.text_len = text_len
-        self.q = nn.Linear(dim, dim)
-        self.k = nn.Linear(dim, dim)
-        self.v = nn.Linear(dim, dim)
-        self.o = nn.Linear(dim, dim)
-        self.norm_q = WanRMSNorm(dim, eps) if qk_norm else nn.Identity()
-        self.norm_k = WanRMSNorm(dim, eps) if qk_norm else nn.Identity()
         self.has_image = image
         if image:
             self.k_img = nn.Linear(dim, dim)
             self.v_img = nn.Linear(dim, dim)
             self.norm_k_img = WanRMSNorm(dim, eps) if qk_norm else nn.Identity()
-
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        return x.unflatten(-1, (self.num_heads, self.head_dim))
 
     def context_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Keys and values of the context: ``(k, v)`` or ``(k, v, k_img, v_img)``."""
@@ -284,6 +278,10 @@ class MLPProj(nn.Module):
 # ----------------------------------------------------------------- model
 class WanModel(nn.Module):
     """The Wan2.1 DiT (``model_type`` ``'t2v'`` or ``'i2v'``)."""
+
+    # Sequence-parallel layout (wan.distributed.sequence_parallel): each rank runs the
+    # blocks on its slice of the padded tokens; the head outputs are gathered.
+    sp = None
 
     def __init__(self, model_type: str = "t2v", patch_size: Sequence[int] = (1, 2, 2),
                  text_len: int = 512, in_dim: int = 16, dim: int = 2048, ffn_dim: int = 8192,
@@ -415,9 +413,13 @@ class WanModel(nn.Module):
         e, e0 = self.embed_time(t)
         ctx = self.embed_context(context, clip_fea)
         rope = rope_tables(grids, seq_len, self.dim // self.num_heads, self.device)
+        if self.sp is not None:
+            tokens, rope = self.sp.scatter(tokens), tuple(self.sp.scatter(r) for r in rope)
         for block in self.blocks:
             tokens = block(tokens, e0, seq_lens, rope, ctx)
         out = self.head(tokens, e)
+        if self.sp is not None:
+            out = self.sp.gather(out)
         return [u.float() for u in self.unpatchify(out, grids)]
 
     # -------------------------------------------------------------- loading

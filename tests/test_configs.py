@@ -1,0 +1,40 @@
+"""The configs hold the facts of the official release."""
+
+import torch
+
+from wan.configs import MAX_AREA_CONFIGS, SIZE_CONFIGS, SUPPORTED_SIZES, WAN_CONFIGS
+
+
+def test_dims_table_of_the_release():
+    expected = {"t2v-1.3B": (1536, 8960, 12, 30), "t2v-14B": (5120, 13824, 40, 40),
+                "i2v-14B": (5120, 13824, 40, 40), "t2i-14B": (5120, 13824, 40, 40)}
+    for task, (dim, ffn, heads, layers) in expected.items():
+        c = WAN_CONFIGS[task]
+        assert (c.dim, c.ffn_dim, c.num_heads, c.num_layers) == (dim, ffn, heads, layers)
+        assert c.freq_dim == 256 and c.patch_size == (1, 2, 2) and c.vae_stride == (4, 8, 8)
+        assert c.text_len == 512 and c.num_train_timesteps == 1000 and c.sample_fps == 16
+        assert c.t5_dtype == torch.bfloat16 and c.param_dtype == torch.bfloat16
+        assert c.t5_checkpoint == "models_t5_umt5-xxl-enc-bf16.pth"
+        assert c.vae_checkpoint == "Wan2.1_VAE.pth" and c.t5_tokenizer == "google/umt5-xxl"
+
+
+def test_negative_prompts_and_i2v_files():
+    t2v, i2v = WAN_CONFIGS["t2v-14B"].sample_neg_prompt, WAN_CONFIGS["i2v-14B"].sample_neg_prompt
+    assert t2v.startswith("色调艳丽，过曝，静态") and t2v.endswith("背景人很多，倒着走")
+    assert i2v == "镜头晃动，" + t2v
+    c = WAN_CONFIGS["i2v-14B"]
+    assert c.clip_checkpoint == "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
+    assert c.clip_dtype == torch.float16 and c.clip_tokenizer == "xlm-roberta-large"
+    assert c.sample_steps == 40 and WAN_CONFIGS["t2v-14B"].sample_steps == 50
+    assert WAN_CONFIGS["t2i-14B"].frame_num == 1 and WAN_CONFIGS["t2v-14B"].frame_num == 81
+    # configs are independent copies
+    assert WAN_CONFIGS["t2i-14B"] is not WAN_CONFIGS["t2v-14B"]
+
+
+def test_size_tables():
+    assert SIZE_CONFIGS["832*480"] == (832, 480) and SIZE_CONFIGS["1024*1024"] == (1024, 1024)
+    assert MAX_AREA_CONFIGS["1280*720"] == 1280 * 720 and "1024*1024" not in MAX_AREA_CONFIGS
+    assert SUPPORTED_SIZES["t2v-1.3B"] == ("480*832", "832*480")
+    assert set(SUPPORTED_SIZES["t2v-14B"]) == {"720*1280", "1280*720", "480*832", "832*480"}
+    assert SUPPORTED_SIZES["i2v-14B"] == SUPPORTED_SIZES["t2v-14B"]
+    assert set(SUPPORTED_SIZES["t2i-14B"]) == set(SIZE_CONFIGS)
