@@ -220,3 +220,32 @@ def test_bf16_matmul_weights_equal_autocast(tmp_path):
     with torch.no_grad():
         ref = full([x], torch.tensor([500]), [ctx], 12, clip_fea=clip, y=[y])[0]
     assert 0 < rel_err(outs[1], ref) < 5e-2
+
+
+def test_cached_context_same_numbers_computed_once(pair, monkeypatch):
+    """The context's keys/values are computed once per generation and change nothing."""
+    from wan.modules.model import CrossAttention, cached_context
+
+    model_type, _, ours, _ = pair
+    g = torch.Generator().manual_seed(4)
+    xs = [torch.randn(16, 2, 4, 6, generator=g) for _ in range(3)]
+    ctx = [torch.randn(5, SIZES.t5_dim, generator=g), torch.randn(9, SIZES.t5_dim, generator=g)]
+    kw = {}
+    if model_type == "i2v":
+        kw = dict(clip_fea=torch.randn(2, 257, SIZES.clip_width, generator=g),
+                  y=[torch.randn(20, 2, 4, 6, generator=g)] * 2)
+    calls = []
+    real = CrossAttention.context_kv
+    monkeypatch.setattr(CrossAttention, "context_kv",
+                        lambda self, c: calls.append(1) or real(self, c))
+    with torch.no_grad():
+        plain = [ours([x, x], torch.tensor([900, 900]), ctx, 12, **kw) for x in xs]
+        assert len(calls) == 3 * SIZES.num_layers
+        calls.clear()
+        with cached_context(ours):
+            cached = [ours([x, x], torch.tensor([900, 900]), ctx, 12, **kw) for x in xs]
+        assert len(calls) == SIZES.num_layers  # once per block, not once per step
+        assert ours._context_cache is None
+    for p_, c_ in zip(plain, cached):
+        for a, b in zip(p_, c_):
+            assert torch.equal(a, b)

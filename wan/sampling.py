@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm import tqdm
 
+from .modules.model import cached_context
 from .utils.fm_solvers import make_sampler
 
 __all__ = ["Conditioning", "resolve_seed", "initial_noise", "sample", "autocast_for"]
@@ -82,7 +83,7 @@ def sample(model: Callable, noise: torch.Tensor, cond: Conditioning, uncond: Con
     timesteps = sampler.timesteps.to(device)
     both, only_c, only_u = _batched([cond, uncond]), _batched([cond]), _batched([uncond])
     bar = tqdm(total=len(timesteps), desc="denoising", disable=not progress, leave=False)
-    with autocast_for(device, param_dtype):
+    with autocast_for(device, param_dtype), cached_context(model):
         for i, t in enumerate(timesteps):
             t = t.view(1)
             if batch_cfg and guide_scale != 1.0:

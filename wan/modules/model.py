@@ -23,6 +23,7 @@ import math
 import os
 import re
 from collections.abc import Sequence
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -32,7 +33,7 @@ import torch.nn.functional as F
 
 from .attention import attention
 
-__all__ = ["WanModel", "sinusoidal_embedding_1d", "rope_tables", "apply_rope", "is_matmul_weight"]
+__all__ = ["WanModel", "cached_context", "sinusoidal_embedding_1d", "rope_tables", "apply_rope", "is_matmul_weight"]
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +98,16 @@ def rope_tables(grids: Sequence[Sequence[int]], seq_len: int, head_dim: int,
     """fp32 ``cos``/``sin`` tables ``[B, seq_len, 1, head_dim/2]`` for a batch of grids.
 
     Angles are computed in fp64 (as the official complex table) and rounded once
-    to fp32. Padding positions get the identity rotation.
+    to fp32. Padding positions get the identity rotation. Tables are built once
+    per shape and device and reused by every step.
     """
+    key = tuple(tuple(int(g) for g in grid) for grid in grids)
+    return _rope_tables(key, int(seq_len), int(head_dim), torch.device(device))
+
+
+@lru_cache(maxsize=8)
+def _rope_tables(grids: tuple[tuple[int, int, int], ...], seq_len: int, head_dim: int,
+                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     cos = torch.ones(len(grids), seq_len, head_dim // 2, dtype=torch.float64)
     sin = torch.zeros(len(grids), seq_len, head_dim // 2, dtype=torch.float64)
     for i, grid in enumerate(grids):
@@ -203,9 +212,9 @@ class CrossAttention(SelfAttention):
             kv += (self._heads(self.norm_k_img(self.k_img(img))), self._heads(self.v_img(img)))
         return kv
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """``kv`` comes from :meth:`context_kv` (computed once per generation by the caller)."""
         q = self._heads(self.norm_q(self.q(x)))
-        kv = self.context_kv(context)
         out = attention(q, kv[0], kv[1]).flatten(2)
         if self.has_image:
             out = out + attention(q, kv[2], kv[3]).flatten(2)
@@ -231,15 +240,25 @@ class WanAttentionBlock(nn.Module):
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
 
     def forward(self, x: torch.Tensor, e: torch.Tensor, seq_lens: torch.Tensor,
-                rope: tuple[torch.Tensor, torch.Tensor], context: torch.Tensor) -> torch.Tensor:
-        """``x [B, L, C]`` (fp32 residual stream), ``e [B, 6, C]`` fp32 time modulation."""
+                rope: tuple[torch.Tensor, torch.Tensor], context: torch.Tensor,
+                kv_cache: dict | None = None) -> torch.Tensor:
+        """``x [B, L, C]`` (fp32 residual stream), ``e [B, 6, C]`` fp32 time modulation.
+
+        ``kv_cache`` (a dict, optional) keeps this block's cross-attention keys and
+        values of ``context`` for the next steps, which see the same context.
+        """
         with _no_autocast(x.device.type):
             shift1, scale1, gate1, shift2, scale2, gate2 = \
                 (self.modulation.float() + e).chunk(6, dim=1)
         y = self.self_attn(self.norm1(x).float() * (1 + scale1) + shift1, seq_lens, rope)
         with _no_autocast(x.device.type):
             x = x + y.float() * gate1
-        x = x + self.cross_attn(self.norm3(x), context)
+        kv = None if kv_cache is None else kv_cache.get(self)
+        if kv is None:
+            kv = self.cross_attn.context_kv(context)
+            if kv_cache is not None:
+                kv_cache[self] = kv
+        x = x + self.cross_attn(self.norm3(x), kv)
         y = self.ffn(self.norm2(x).float() * (1 + scale2) + shift2)
         with _no_autocast(x.device.type):
             x = x + y.float() * gate2
@@ -282,6 +301,8 @@ class WanModel(nn.Module):
     # Sequence-parallel layout (wan.distributed.sequence_parallel): each rank runs the
     # blocks on its slice of the padded tokens; the head outputs are gathered.
     sp = None
+    # Set by ``cached_context``: per-context embeddings and cross-attention keys/values.
+    _context_cache: dict | None = None
 
     def __init__(self, model_type: str = "t2v", patch_size: Sequence[int] = (1, 2, 2),
                  text_len: int = 512, in_dim: int = 16, dim: int = 2048, ffn_dim: int = 8192,
@@ -411,16 +432,34 @@ class WanModel(nn.Module):
         if t.dim() == 0:
             t = t.expand(len(x))
         e, e0 = self.embed_time(t)
-        ctx = self.embed_context(context, clip_fea)
+        entry = self._cache_entry(context, clip_fea)
+        ctx = entry.get("ctx") if entry is not None else None
+        if ctx is None:
+            ctx = self.embed_context(context, clip_fea)
+            if entry is not None:
+                entry["ctx"] = ctx
         rope = rope_tables(grids, seq_len, self.dim // self.num_heads, self.device)
         if self.sp is not None:
             tokens, rope = self.sp.scatter(tokens), tuple(self.sp.scatter(r) for r in rope)
         for block in self.blocks:
-            tokens = block(tokens, e0, seq_lens, rope, ctx)
+            tokens = block(tokens, e0, seq_lens, rope, ctx, kv_cache=entry)
         out = self.head(tokens, e)
         if self.sp is not None:
             out = self.sp.gather(out)
         return [u.float() for u in self.unpatchify(out, grids)]
+
+    def _cache_entry(self, context: Sequence[torch.Tensor], clip_fea: torch.Tensor | None
+                     ) -> dict | None:
+        """The cache slot of this batch of contexts (None when caching is off).
+
+        Contexts are told apart by the identity of their tensors, which the caller
+        keeps alive for the whole ``cached_context`` block.
+        """
+        if self._context_cache is None:
+            return None
+        key = (tuple(id(u) for u in context), id(clip_fea), torch.is_autocast_enabled(
+            self.device.type))
+        return self._context_cache.setdefault(key, {})
 
     # -------------------------------------------------------------- loading
     @classmethod
@@ -458,6 +497,28 @@ class WanModel(nn.Module):
             model = cls(**kwargs)
         load_into_meta_module(model, sd, source, f"Wan2.1 {kwargs['model_type']} DiT", device)
         return model.eval().requires_grad_(False)
+
+
+@contextmanager
+def cached_context(model: nn.Module):
+    """Within this block the DiT embeds each context and computes every block's
+    cross-attention keys/values once, then reuses them at the following steps.
+
+    The text (and image) context does not change during a generation, so this
+    removes repeated work without changing a single number. Works through
+    wrappers that expose ``.module`` (FSDP, DDP).
+    """
+    inner = model
+    while not isinstance(inner, WanModel) and hasattr(inner, "module"):
+        inner = inner.module
+    if not isinstance(inner, WanModel):
+        yield
+        return
+    inner._context_cache = {}
+    try:
+        yield
+    finally:
+        inner._context_cache = None
 
 
 def _linear_seq_fp32(seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
