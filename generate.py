@@ -64,6 +64,9 @@ def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--t5_fsdp", action="store_true", help="shard the T5 encoder with FSDP")
     p.add_argument("--t5_cpu", action="store_true", help="run the T5 encoder on the CPU")
     p.add_argument("--dit_fsdp", action="store_true", help="shard the DiT with FSDP")
+    p.add_argument("--dit_offload_blocks", type=int, default=0, metavar="N",
+                   help="keep only N transformer blocks on the GPU at a time, streaming the others "
+                        "from CPU memory (0: off; 2 is a good start on 24 GB cards)")
     p.add_argument("--save_file", default=None,
                    help="output file (default: task_size_ulysses_ring_prompt_time.mp4/.png)")
     p.add_argument("--prompt", default=None, help="the text prompt (default: an example prompt)")
@@ -151,6 +154,10 @@ def _validate(args: argparse.Namespace, world_size: int) -> None:
     if parallel and args.ulysses_size * args.ring_size != world_size:
         raise UsageError(f"--ulysses_size x --ring_size ({args.ulysses_size} x {args.ring_size}) "
                          f"must equal the number of processes ({world_size})")
+    if args.dit_offload_blocks < 0:
+        raise UsageError(f"--dit_offload_blocks must be >= 0, got {args.dit_offload_blocks}")
+    if args.dit_offload_blocks and args.dit_fsdp:
+        raise UsageError("--dit_offload_blocks and --dit_fsdp exclude each other")
     if args.t5_fsdp and args.t5_cpu:
         raise UsageError("--t5_fsdp and --t5_cpu exclude each other")
     if args.prompt is None:
@@ -273,7 +280,8 @@ def generate(args: argparse.Namespace) -> Path | None:
     t0 = time.perf_counter()
     common = dict(config=cfg, checkpoint_dir=args.ckpt_dir, device_id=device, rank=rank,
                   t5_fsdp=args.t5_fsdp, dit_fsdp=args.dit_fsdp,
-                  use_usp=args.ulysses_size > 1 or args.ring_size > 1, t5_cpu=args.t5_cpu)
+                  use_usp=args.ulysses_size > 1 or args.ring_size > 1, t5_cpu=args.t5_cpu,
+                  dit_offload_blocks=args.dit_offload_blocks)
     sampling = dict(frame_num=args.frame_num, shift=args.sample_shift,
                     sample_solver=args.sample_solver, sampling_steps=args.sample_steps,
                     guide_scale=args.sample_guide_scale, n_prompt=args.negative_prompt,
@@ -319,7 +327,8 @@ def _fail(e: BaseException, code: int) -> int:
     """Print one line (naming the rank with several processes) and tell the other ranks."""
     if _multi_process():
         from wan.distributed.util import report_failure
-        print(f"error: rank {os.getenv('RANK', 0)}: {e}", file=sys.stderr, flush=True)
+        sys.stderr.write(f"error: rank {os.getenv('RANK', 0)}: {e}\n")  # one write: no interleaving
+        sys.stderr.flush()
         report_failure(e)
     else:
         print(f"error: {e}", file=sys.stderr)

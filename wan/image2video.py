@@ -66,11 +66,11 @@ class WanI2V(WanPipelineBase):
     model_type = "i2v"
 
     def __init__(self, config, checkpoint_dir, device_id=0, rank=0, t5_fsdp=False, dit_fsdp=False,
-                 use_usp=False, t5_cpu=False, init_on_cpu=True):
+                 use_usp=False, t5_cpu=False, init_on_cpu=True, dit_offload_blocks=0):
         # init_on_cpu is kept for compatibility: components start on the CPU and
         # move to the accelerator when first used.
         super().__init__(config, checkpoint_dir, device_id, rank, t5_fsdp, dit_fsdp, use_usp,
-                         t5_cpu)
+                         t5_cpu, dit_offload_blocks)
 
     def _load_extra_encoders(self, config) -> None:
         with stage("loading the image encoder"):

@@ -67,7 +67,8 @@ class WanPipelineBase:
 
     def __init__(self, config, checkpoint_dir: str | os.PathLike,
                  device_id: int | str | torch.device = 0, rank: int = 0, t5_fsdp: bool = False,
-                 dit_fsdp: bool = False, use_usp: bool = False, t5_cpu: bool = False):
+                 dit_fsdp: bool = False, use_usp: bool = False, t5_cpu: bool = False,
+                 dit_offload_blocks: int = 0):
         self.config = config
         self.checkpoint_dir = Path(require_dir(checkpoint_dir, "checkpoint"))
         self.device = resolve_device(device_id)
@@ -112,6 +113,10 @@ class WanPipelineBase:
         if dit_fsdp:
             self.model = shard_fn(self.model)
             self._on_device.add("dit")
+        elif dit_offload_blocks > 0 and self.device.type != "cpu":
+            from .utils.offload import enable_block_offload
+            enable_block_offload(self.model, self.device, resident=dit_offload_blocks)
+            self._on_device.add("dit")
 
     # ---------------------------------------------------------------- hooks
     def _load_extra_encoders(self, config) -> None:
@@ -142,8 +147,8 @@ class WanPipelineBase:
         return is_sharded(module)
 
     def _move(self, name: str, device: torch.device) -> None:
-        if self._sharded(name):
-            return  # FSDP-sharded: already on its device
+        if self._sharded(name) or (name == "dit" and hasattr(self.model, "_block_offloader")):
+            return  # FSDP-sharded or block-offloaded: placement is managed elsewhere
         if name == "vae":
             self.vae.to(device)
         else:
@@ -155,7 +160,8 @@ class WanPipelineBase:
             return
         if offload_model:
             for other in list(self._on_device):
-                if other != name and not self._sharded(other):
+                if other != name and not self._sharded(other) and not (
+                        other == "dit" and hasattr(self.model, "_block_offloader")):
                     self._move(other, torch.device("cpu"))
                     self._on_device.discard(other)
             empty_cache(self.device)
