@@ -72,7 +72,13 @@ def diffusers_transformer(folder: Path, dtype: torch.dtype, device: torch.device
         cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6)
     model.load_state_dict(convert_wan_transformer_to_diffusers(
         load_file(folder / "diffusion_pytorch_model.safetensors")), strict=True)
-    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    model = model.to(device=device, dtype=dtype)
+    if dtype != torch.float32:  # as from_pretrained(torch_dtype=...) does: these stay fp32
+        keep = getattr(model, "_keep_in_fp32_modules", None) or []
+        for name, module in model.named_modules():
+            if any(k in name.split(".") for k in keep):
+                module.float()
+    return model.eval().requires_grad_(False)
 
 
 def diffusers_scheduler(steps: int, shift: float):
