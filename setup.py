@@ -22,5 +22,9 @@ setup(
     install_requires=requirements('requirements.txt'),
     extras_require={
         'test': requirements('requirements-dev.txt'),
+        # Multi-GPU sequence parallelism (--ulysses_size / --ring_size); torch only.
+        'multigpu': ['yunchang>=0.6.4'],
+        # Optional xDiT attention on CUDA (WAN_SP_ATTENTION=xfuser); pulls diffusers.
+        'xfuser': ['yunchang>=0.6.4', 'xfuser>=0.4.1'],
     },
 )
