@@ -1,0 +1,516 @@
+"""The shared part of the Wan2.1 Gradio demos: command line, model loading, page and handlers.
+
+Each script in this folder only names its task::
+
+    import wan_demo
+    wan_demo.main("t2v-1.3B")
+
+The models load once, before the server starts. Generation runs in Gradio's queue one job at a
+time (prompt enhancement shares that slot, so two models never compete for the GPU). Bad input is
+answered with a message in the page, and a failed job leaves the demo ready for the next one.
+Prompt enhancement only loads (or calls) its language model when the button is clicked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a local demo
+
+# The installed Gradio package, imported before the repository root goes on sys.path (this
+# folder is named `gradio` too; being a folder without __init__.py it can never shadow the
+# package, but importing first makes that independent of the path order).
+import gradio as gr  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+import torch  # noqa: E402
+
+log = logging.getLogger("wan_demo")
+
+MAX_SEED = 2**31 - 1  # the largest seed the official demos offer (exact in the browser, too)
+I2V_AREAS = {"720P": "1280*720", "480P": "832*480"}  # resolution -> size key of MAX_AREA_CONFIGS
+I2V_SHIFTS = {"720P": 5.0, "480P": 3.0}  # the official defaults per resolution (generate.py)
+LANGUAGES = ["ZH", "EN"]
+
+
+@dataclass(frozen=True)
+class DemoSpec:
+    """What differs between the four demos."""
+
+    task: str                      # key of WAN_CONFIGS
+    title: str
+    resolutions: tuple[str, ...]   # "W*H" (or "480P"/"720P" for I2V)
+    default_resolution: str
+    guide_scale: float = 5.0
+    shift: float = 5.0
+    shift_max: float = 10.0
+    steps: int = 50
+
+    @property
+    def is_i2v(self) -> bool:
+        return self.task.startswith("i2v")
+
+    @property
+    def is_image(self) -> bool:
+        return self.task.startswith("t2i")
+
+    @property
+    def noun(self) -> str:
+        return "image" if self.is_image else "video"
+
+
+_T2V_14B_SIZES = ("720*1280", "1280*720", "960*960", "1088*832", "832*1088", "480*832",
+                  "832*480", "624*624", "704*544", "544*704")
+_T2V_1_3B_SIZES = ("480*832", "832*480", "624*624", "704*544", "544*704")
+
+DEMOS: dict[str, DemoSpec] = {
+    "t2v-14B": DemoSpec("t2v-14B", "Wan2.1 text-to-video (14B)", _T2V_14B_SIZES, "720*1280"),
+    "t2v-1.3B": DemoSpec("t2v-1.3B", "Wan2.1 text-to-video (1.3B)", _T2V_1_3B_SIZES, "480*832",
+                         guide_scale=6.0, shift=8.0, shift_max=20.0),
+    "t2i-14B": DemoSpec("t2i-14B", "Wan2.1 text-to-image (14B)", _T2V_14B_SIZES, "720*1280"),
+    "i2v-14B": DemoSpec("i2v-14B", "Wan2.1 image-to-video (14B)", ("720P", "480P"), "720P"),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------
+
+def build_parser(spec: DemoSpec) -> argparse.ArgumentParser:
+    """The command line of one demo (the official flags plus server and device options)."""
+    from wan.utils.utils import str2bool
+
+    p = argparse.ArgumentParser(description=f"{spec.title}: a local web demo (Gradio).")
+    if spec.is_i2v:
+        p.add_argument("--ckpt_dir_720p", default=None, help="the Wan2.1-I2V-14B-720P folder")
+        p.add_argument("--ckpt_dir_480p", default=None, help="the Wan2.1-I2V-14B-480P folder")
+    else:
+        p.add_argument("--ckpt_dir", default="cache", help="the downloaded checkpoint folder")
+    p.add_argument("--prompt_extend_method", default="local_qwen",
+                   choices=["dashscope", "local_qwen"],
+                   help="how 'Prompt enhance' rewrites the prompt (nothing is loaded until used)")
+    p.add_argument("--prompt_extend_model", default=None,
+                   help="model for prompt enhancement (DashScope name, hub name or local folder)")
+    p.add_argument("--prompt_extend_keep_loaded", action="store_true",
+                   help="keep the local prompt-enhancement model in memory between clicks")
+    p.add_argument("--server_name", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1; 0.0.0.0 exposes the demo "
+                        "to the network)")
+    p.add_argument("--server_port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--device", default=None,
+                   help="cuda, cuda:N, mps or cpu (default: CUDA if available, else MPS, else CPU)")
+    p.add_argument("--offload_model", type=str2bool, default=True,
+                   help="move each model off the GPU after use (default True, as the official "
+                        "demos)")
+    p.add_argument("--t5_cpu", action="store_true", help="run the T5 text encoder on the CPU")
+    p.add_argument("--output_dir", default="outputs",
+                   help="where results and their JSON sidecars are written (default ./outputs)")
+    return p
+
+
+def parse_args(spec: DemoSpec, argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse and check the command line; a bad one exits with one line (argparse's error)."""
+    parser = build_parser(spec)
+    args = parser.parse_args(argv)
+    folders = checkpoint_folders(spec, args)
+    if not folders:
+        parser.error("give at least one of --ckpt_dir_720p and --ckpt_dir_480p")
+    for resolution, folder in folders.items():
+        if not Path(folder).is_dir():
+            flag = "--ckpt_dir" if not spec.is_i2v else f"--ckpt_dir_{resolution.lower()}"
+            parser.error(f"checkpoint folder not found: '{folder}' ({flag})")
+    return args
+
+
+def checkpoint_folders(spec: DemoSpec, args: argparse.Namespace) -> dict[str, str]:
+    """Checkpoint folder per resolution for I2V (only those given); ``{"": folder}`` otherwise."""
+    if not spec.is_i2v:
+        return {"": args.ckpt_dir}
+    given = {"720P": args.ckpt_dir_720p, "480P": args.ckpt_dir_480p}
+    return {res: folder for res, folder in given.items() if folder}
+
+
+def pick_device(name: str | None) -> torch.device:
+    """``--device`` as a torch device (CUDA, else MPS, else CPU when not given)."""
+    from wan.pipeline import resolve_device
+
+    if name is None:
+        return resolve_device(None)
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda was asked for but CUDA is not available here", file=sys.stderr)
+        raise SystemExit(2)
+    return device
+
+
+# ----------------------------------------------------------------------------------------------
+# The demo: models, handlers, page
+# ----------------------------------------------------------------------------------------------
+
+def _unique_path(folder: Path, name: str) -> Path:
+    """``folder/name``, with ``_1``, ``_2``... before the suffix if that file exists."""
+    path = folder / name
+    n = 1
+    while path.exists():
+        path = folder / f"{Path(name).stem}_{n}{Path(name).suffix}"
+        n += 1
+    return path
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' * (n != 1)}"
+
+
+def _fail(message: str) -> gr.Error:
+    """A user-facing error shown in the page (without a traceback in the server log)."""
+    return gr.Error(message, print_exception=False)
+
+
+@dataclass
+class Job:
+    """One checked generation request."""
+
+    prompt: str
+    negative_prompt: str
+    resolution: str
+    frames: int
+    steps: int
+    guide_scale: float
+    shift: float
+    seed: int
+    image: Any = None  # PIL image (I2V)
+
+
+class WanDemo:
+    """One demo: its loaded pipelines, its handlers and its page."""
+
+    def __init__(self, spec: DemoSpec, args: argparse.Namespace):
+        from wan.configs import WAN_CONFIGS
+
+        self.spec = spec
+        self.args = args
+        self.config = WAN_CONFIGS[spec.task]
+        self.device = pick_device(args.device)
+        self.output_dir = Path(args.output_dir).resolve()
+        self.folders = checkpoint_folders(spec, args)
+        self.pipelines: dict[str, Any] = {}
+        self._expander = None
+
+    # -- models -------------------------------------------------------------------------------
+
+    def load_models(self) -> None:
+        """Load every given checkpoint once (before the server starts)."""
+        import wan
+
+        pipeline_cls = wan.WanI2V if self.spec.is_i2v else wan.WanT2V
+        for resolution, folder in self.folders.items():
+            what = f"{self.spec.task} {resolution}".strip()
+            log.info("Loading %s from %s on %s ...", what, folder, self.device)
+            t0 = time.perf_counter()
+            self.pipelines[resolution] = pipeline_cls(
+                config=self.config, checkpoint_dir=folder, device_id=self.device, rank=0,
+                t5_cpu=self.args.t5_cpu)
+            log.info("Loaded %s in %.1f s", what, time.perf_counter() - t0)
+
+    @property
+    def resolutions(self) -> list[str]:
+        """The resolutions offered in the page (for I2V: those with a loaded checkpoint)."""
+        if self.spec.is_i2v:
+            return [r for r in self.spec.resolutions if r in self.folders]
+        return list(self.spec.resolutions)
+
+    def _pipeline_for(self, resolution: str):
+        if resolution not in self.spec.resolutions:
+            raise _fail(f"Unknown resolution '{resolution}': choose one of "
+                        f"{', '.join(self.resolutions)}.")
+        if not self.spec.is_i2v:
+            return self.pipelines[""]
+        if resolution not in self.pipelines:
+            raise _fail(f"No {resolution} model is loaded: restart the demo with "
+                        f"--ckpt_dir_{resolution.lower()} to use it, or choose "
+                        f"{' or '.join(self.resolutions)}.")
+        return self.pipelines[resolution]
+
+    # -- generation ---------------------------------------------------------------------------
+
+    def generate(self, prompt: str, image: Any, resolution: str, frames: float, steps: float,
+                 guide_scale: float, shift: float, seed: float, negative_prompt: str,
+                 progress: gr.Progress = gr.Progress()) -> tuple[str, int, str]:
+        """Generate from the page's inputs; returns (file, seed used, a line about the result)."""
+        job = self._check_inputs(prompt, image, resolution, frames, steps, guide_scale, shift,
+                                 seed, negative_prompt)
+        pipe = self._pipeline_for(job.resolution)
+        progress(0, desc="Encoding the prompt")
+
+        def on_step(i: int, total: int) -> None:
+            progress((i, total), desc="Denoising", unit="steps")
+
+        t0 = time.perf_counter()
+        try:
+            video = self._run(pipe, job, on_step)
+            progress(1.0, desc=f"Writing the {self.spec.noun}")
+            out = self._save(video, job, time.perf_counter() - t0)
+        except ValueError as e:  # the pipelines' own checks of the input
+            raise _fail(str(e)) from None
+        except Exception as e:  # noqa: BLE001 - shown in the page; the demo stays usable
+            log.exception("Generation failed")
+            self._release_memory()
+            raise _fail(f"Generation failed ({type(e).__name__}: {e}). The demo is ready "
+                        f"for the next request.") from None
+        h, w = video.shape[-2:]
+        info = (f"Seed {job.seed} · {w}×{h} · {_count(job.frames, 'frame')} · "
+                f"{_count(job.steps, 'step')} · {time.perf_counter() - t0:.1f} s · "
+                f"saved as `{out}`")
+        log.info("Done: %s", info)
+        return str(out), job.seed, info
+
+    def _check_inputs(self, prompt: str | None, image: Any, resolution: str, frames: float,
+                      steps: float, guide_scale: float, shift: float, seed: float,
+                      negative_prompt: str | None) -> Job:
+        """Reject bad input with a clear message; a random seed is drawn here for -1."""
+        prompt = (prompt or "").strip()
+        if not prompt:
+            raise _fail(f"Please enter a prompt: describe the {self.spec.noun} to generate.")
+        if self.spec.is_i2v and image is None:
+            raise _fail("Please upload an input image: it becomes the first frame of the video.")
+        self._pipeline_for(resolution)
+        frames = 1 if self.spec.is_image else int(frames if frames is not None else 81)
+        if frames < 1 or (frames - 1) % 4:
+            raise _fail(f"The number of frames must be 4n+1 (1, 5, 9, ..., 81); got {frames}.")
+        steps = int(steps or 0)
+        if steps < 1:
+            raise _fail(f"Use at least 1 diffusion step; got {steps}.")
+        if guide_scale is None or guide_scale < 0:
+            raise _fail(f"The guide scale must be 0 or more; got {guide_scale}.")
+        if shift is None or shift <= 0:
+            raise _fail(f"The shift must be greater than 0; got {shift}.")
+        seed = -1 if seed is None else int(seed)
+        if seed > MAX_SEED:
+            raise _fail(f"The seed must be at most {MAX_SEED} (or -1 for a random one).")
+        return Job(prompt=prompt, negative_prompt=negative_prompt or "", resolution=resolution,
+                   frames=frames, steps=steps, guide_scale=float(guide_scale),
+                   shift=float(shift), seed=seed if seed >= 0 else random.randint(0, MAX_SEED),
+                   image=image.convert("RGB") if image is not None else None)
+
+    def _run(self, pipe, job: Job, on_step: Callable[[int, int], None]) -> torch.Tensor:
+        """Call the pipeline: ``[3, F, H, W]`` in [-1, 1]."""
+        from wan.configs import MAX_AREA_CONFIGS
+
+        common = dict(frame_num=job.frames, shift=job.shift, sampling_steps=job.steps,
+                      guide_scale=job.guide_scale, n_prompt=job.negative_prompt, seed=job.seed,
+                      offload_model=self.args.offload_model, on_step=on_step)
+        log.info("Generating (%s, %s, %d frames, %d steps, guide %.2f, shift %.2f, seed %d): %s",
+                 self.spec.task, job.resolution, job.frames, job.steps, job.guide_scale,
+                 job.shift, job.seed, job.prompt)
+        if self.spec.is_i2v:
+            area = MAX_AREA_CONFIGS[I2V_AREAS[job.resolution]]
+            return pipe.generate(job.prompt, job.image, max_area=area, **common)
+        width, height = (int(v) for v in job.resolution.split("*"))
+        return pipe.generate(job.prompt, size=(width, height), **common)
+
+    def _save(self, video: torch.Tensor, job: Job, seconds: float) -> Path:
+        """Write the result and its sidecar (atomically) into the output folder."""
+        from wan.utils.io import atomic_path, default_save_file, save_image, save_video, \
+            write_sidecar
+
+        size = I2V_AREAS[job.resolution] if self.spec.is_i2v else job.resolution
+        path = _unique_path(self.output_dir,
+                            default_save_file(self.spec.task, size, 1, 1, job.prompt))
+        fps = self.config.sample_fps
+        out = save_image(video[:, 0], path) if self.spec.is_image else \
+            save_video(video, path, fps=fps)
+        folder = self.folders[job.resolution if self.spec.is_i2v else ""]
+        settings = dict(
+            task=self.spec.task, size=size, frame_num=job.frames, prompt=job.prompt,
+            negative_prompt=job.negative_prompt or self.config.sample_neg_prompt,
+            base_seed=job.seed, sample_solver="unipc", sample_steps=job.steps,
+            sample_shift=job.shift, sample_guide_scale=job.guide_scale, fps=fps,
+            ckpt_dir=str(Path(folder).resolve()), device=str(self.device),
+            offload_model=self.args.offload_model, t5_cpu=self.args.t5_cpu,
+            seconds=round(seconds, 2), source="gradio demo")
+        if self.spec.is_i2v:  # keep the input next to the video, for --replay
+            image_path = out.with_name(f"{out.stem}_input.png")
+            with atomic_path(image_path) as tmp:
+                job.image.save(tmp, format="PNG")
+            settings.update(image=str(image_path), resolution=job.resolution)
+        write_sidecar(out, settings)
+        return out
+
+    def _release_memory(self) -> None:
+        """After a failed job: give cached accelerator memory back."""
+        from wan.pipeline import empty_cache
+
+        empty_cache(self.device)
+
+    # -- prompt enhancement --------------------------------------------------------------------
+
+    def enhance_prompt(self, prompt: str, tar_lang: str, seed: float, image: Any = None) -> str:
+        """Rewrite the prompt with the prompt-extension model; on failure keep it (and say why)."""
+        original = prompt or ""
+        if not original.strip():
+            gr.Warning("Type a prompt first: 'Prompt enhance' rewrites it.")
+            return original
+        if self.spec.is_i2v and image is None:
+            gr.Warning("Upload the input image first: the prompt is rewritten to match it.")
+            return original
+        expander = self._get_expander()
+        if expander is None:
+            return original
+        seed = -1 if seed is None or seed < 0 else int(seed)
+        out = expander(original.strip(), tar_lang=(tar_lang or "ZH").lower(), image=image,
+                       seed=seed)
+        if not out.status:
+            log.warning("Prompt enhancement failed: %s", out.message)
+            gr.Warning(f"Prompt enhance failed: {out.message.rstrip('.')}. "
+                       f"The prompt is unchanged.")
+            return original
+        log.info("Enhanced prompt: %s", out.prompt)
+        return out.prompt
+
+    def _get_expander(self):
+        """The prompt expander, made on first use (a local model loads on its first call)."""
+        if self._expander is not None:
+            return self._expander
+        from wan.utils.prompt_extend import make_prompt_expander
+
+        method = self.args.prompt_extend_method
+        extra = {"keep_loaded": self.args.prompt_extend_keep_loaded} \
+            if method == "local_qwen" else {}
+        try:
+            self._expander = make_prompt_expander(method, self.args.prompt_extend_model,
+                                                  is_vl=self.spec.is_i2v, device=self.device,
+                                                  **extra)
+        except Exception as e:  # noqa: BLE001 - e.g. DASH_API_KEY missing
+            log.warning("Prompt enhancement is unavailable: %s", e)
+            gr.Warning(f"Prompt enhance is unavailable: {e}")
+            return None
+        return self._expander
+
+    # -- page ---------------------------------------------------------------------------------
+
+    def build(self) -> gr.Blocks:
+        """The page: inputs on the left, the result on the right."""
+        spec = self.spec
+        with gr.Blocks(title=spec.title) as page:
+            gr.Markdown(f"# {spec.title}\nWan: open and advanced large-scale video generative "
+                        f"models.")
+            with gr.Row():
+                with gr.Column():
+                    inputs = self._input_widgets()
+                    generate_button = gr.Button(f"Generate {spec.noun}", variant="primary",
+                                                elem_id="generate")
+                with gr.Column():
+                    result = self._result_widget()
+                    seed_used = gr.Number(label="Seed used", precision=0, interactive=False,
+                                          elem_id="seed_used")
+                    info = gr.Markdown(label="Details", show_label=False, elem_id="result_info")
+            self._wire(inputs, generate_button, result, seed_used, info)
+        return page
+
+    def _input_widgets(self) -> dict[str, Any]:
+        spec = self.spec
+        w: dict[str, Any] = {}
+        if spec.is_i2v:
+            resolutions = self.resolutions
+            w["resolution"] = gr.Dropdown(
+                resolutions, value=resolutions[0], label="Resolution", allow_custom_value=True,
+                info="only the resolutions whose checkpoint was given", elem_id="resolution")
+            w["image"] = gr.Image(type="pil", label="Input image (the first frame)",
+                                  elem_id="input_image")
+        else:
+            w["image"] = gr.State(None)
+        w["prompt"] = gr.Textbox(label="Prompt", lines=3, elem_id="prompt",
+                                 placeholder=f"Describe the {spec.noun} you want to generate")
+        with gr.Row():
+            w["tar_lang"] = gr.Radio(LANGUAGES, value="ZH", elem_id="tar_lang",
+                                     label="Target language of prompt enhance")
+            w["enhance"] = gr.Button("Prompt enhance", elem_id="enhance")
+        with gr.Accordion("Advanced options", open=True):
+            if not spec.is_i2v:
+                w["resolution"] = gr.Dropdown(
+                    self.resolutions, value=spec.default_resolution, elem_id="resolution",
+                    label="Resolution (width*height)", allow_custom_value=True)
+            if spec.is_image:
+                w["frames"] = gr.State(1)
+            else:
+                w["frames"] = gr.Slider(1, 81, value=81, step=4, label="Frames (4n+1)",
+                                        elem_id="frames")
+            shift = I2V_SHIFTS[self.resolutions[0]] if spec.is_i2v else spec.shift
+            with gr.Row():
+                w["steps"] = gr.Slider(1, 1000, value=spec.steps, step=1, elem_id="steps",
+                                       label="Diffusion steps")
+                w["guide_scale"] = gr.Slider(0, 20, value=spec.guide_scale, step=0.5,
+                                             label="Guide scale", elem_id="guide_scale")
+            with gr.Row():
+                w["shift"] = gr.Slider(0, spec.shift_max, value=shift, step=0.5,
+                                       label="Shift", elem_id="shift")
+                w["seed"] = gr.Number(-1, precision=0, minimum=-1, maximum=MAX_SEED,
+                                      label="Seed (-1 = random)", elem_id="seed")
+            w["negative_prompt"] = gr.Textbox(
+                "", label="Negative prompt", lines=2, elem_id="negative_prompt",
+                placeholder="What to avoid (empty: the official negative prompt)")
+        return w
+
+    def _result_widget(self):
+        if self.spec.is_image:
+            return gr.Image(label="Generated image", type="filepath", interactive=False,
+                            elem_id="result")
+        return gr.Video(label="Generated video", interactive=False, elem_id="result")
+
+    def _wire(self, w: dict[str, Any], generate_button, result, seed_used, info) -> None:
+        """Connect the buttons. Generation and enhancement share one queue slot."""
+        w["enhance"].click(
+            self.enhance_prompt, inputs=[w["prompt"], w["tar_lang"], w["seed"], w["image"]],
+            outputs=[w["prompt"]], api_name="enhance_prompt", concurrency_limit=1,
+            concurrency_id="model")
+        generate_button.click(
+            self.generate,
+            inputs=[w["prompt"], w["image"], w["resolution"], w["frames"], w["steps"],
+                    w["guide_scale"], w["shift"], w["seed"], w["negative_prompt"]],
+            outputs=[result, seed_used, info], api_name="generate", concurrency_limit=1,
+            concurrency_id="model")
+        if self.spec.is_i2v:  # the official default shift differs between 480P and 720P
+            w["resolution"].input(lambda r: I2V_SHIFTS.get(r, 5.0), inputs=[w["resolution"]],
+                                  outputs=[w["shift"]], api_visibility="private", queue=False)
+
+
+# ----------------------------------------------------------------------------------------------
+
+THEME_FONTS = dict(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                   font_mono=["ui-monospace", "Consolas", "monospace"])
+
+
+def _init_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(levelname)s: %(message)s",
+                        handlers=[logging.StreamHandler(stream=sys.stdout)], force=True)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up requests
+
+
+def main(task: str, argv: list[str] | None = None) -> None:
+    """Run the demo of ``task`` (a key of :data:`DEMOS`): parse, load, serve."""
+    spec = DEMOS[task]
+    args = parse_args(spec, argv)
+    _init_logging()
+    demo = WanDemo(spec, args)
+    try:
+        demo.load_models()
+    except (ValueError, FileNotFoundError) as e:  # a broken or mixed-up checkpoint folder
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    page = demo.build()
+    page.queue(default_concurrency_limit=1)
+    log.info("Serving %s on http://%s:%d", spec.title, args.server_name, args.server_port)
+    page.launch(server_name=args.server_name, server_port=args.server_port, share=False,
+                show_error=True, allowed_paths=[str(demo.output_dir)], ssr_mode=False,
+                theme=gr.themes.Default(**THEME_FONTS))
