@@ -117,6 +117,7 @@ def main() -> None:
     p.add_argument("--width", type=int, default=256)
     p.add_argument("--steps", type=int, default=3, help="steps of the fp32 generation loop")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs of each side first")
     p.add_argument("--skip_bf16", action="store_true")
     p.add_argument("--skip_fp32", action="store_true")
     args = p.parse_args()
@@ -154,7 +155,8 @@ def main() -> None:
                                                   guide)
 
             tflops = matmul_tflops(torch.float32, device)
-            times = alternate({"ours": run_ours, "diffusers": run_ref}, args.repeats, device)
+            times = alternate({"ours": run_ours, "diffusers": run_ref}, args.repeats, device,
+                              warmup=args.warmup)
             t_ours, t_ref = median(times["ours"]), median(times["diffusers"])
             total_flops = flops + (args.steps - 1) * flops_cached
             results["fp32"] = {
@@ -186,7 +188,8 @@ def main() -> None:
                                                   ctx_u.bfloat16(), 1, shift, guide).float()
 
             tflops = matmul_tflops(torch.bfloat16, device)
-            times = alternate({"ours": step_ours, "diffusers": step_ref}, args.repeats, device)
+            times = alternate({"ours": step_ours, "diffusers": step_ref}, args.repeats, device,
+                              warmup=args.warmup)
             t_ours, t_ref = median(times["ours"]), median(times["diffusers"])
             fp32_ref = sample(WanModel.from_pretrained(folder, device=device), noise,
                               Conditioning(ctx_c), Conditioning(ctx_u), tokens, steps=1,
