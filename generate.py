@@ -67,6 +67,9 @@ def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dit_offload_blocks", type=int, default=0, metavar="N",
                    help="keep only N transformer blocks on the GPU at a time, streaming the others "
                         "from CPU memory (0: off; 2 is a good start on 24 GB cards)")
+    p.add_argument("--vae_tiling", default="auto", choices=["auto", "on", "off"],
+                   help="VAE decode/encode in overlapping spatial tiles (bounded memory); auto: "
+                        "only when an untiled pass would need over half the free memory")
     p.add_argument("--save_file", default=None,
                    help="output file (default: task_size_ulysses_ring_prompt_time.mp4/.png)")
     p.add_argument("--prompt", default=None, help="the text prompt (default: an example prompt)")
@@ -288,9 +291,11 @@ def generate(args: argparse.Namespace) -> Path | None:
                     seed=args.base_seed, offload_model=args.offload_model)
     if args.task.startswith("i2v"):
         pipe = wan.WanI2V(**common)
+        pipe.vae.tiling = args.vae_tiling
         video = pipe.generate(args.prompt, image, max_area=MAX_AREA_CONFIGS[args.size], **sampling)
     else:
         pipe = wan.WanT2V(**common)
+        pipe.vae.tiling = args.vae_tiling
         video = pipe.generate(args.prompt, size=SIZE_CONFIGS[args.size], **sampling)
 
     if rank != 0:

@@ -22,9 +22,10 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 import torch.nn as nn
@@ -33,8 +34,10 @@ import torch.nn.functional as F
 from ..utils.checkpoint import CheckpointError, load_into_meta_module, load_pth
 from .attention import attention
 
-__all__ = ["WanVAE", "VideoVAE", "CausalCache", "LATENT_MEAN", "LATENT_STD",
-           "TEMPORAL_STRIDE", "SPATIAL_STRIDE", "init_random_weights", "load_video_vae"]
+__all__ = ["WanVAE", "VideoVAE", "CausalCache", "TilingConfig", "LATENT_MEAN", "LATENT_STD",
+           "TEMPORAL_STRIDE", "SPATIAL_STRIDE", "init_random_weights", "load_video_vae",
+           "tiled_decode", "tiled_encode", "estimate_decode_bytes", "estimate_encode_bytes",
+           "free_memory_bytes", "choose_tile"]
 
 log = logging.getLogger(__name__)
 
@@ -75,19 +78,62 @@ def run_layers(layers: nn.Sequential, x: torch.Tensor, cache: CausalCache) -> to
     return x
 
 
-def per_frame(fn: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Apply a 2D module to every frame of ``[B, C, T, H, W]``."""
+def channels_last(x: torch.Tensor) -> torch.Tensor:
+    """``x`` ([B, C, T, H, W]) stored channels-last, the layout every layer here computes in.
+
+    oneDNN (CPU) and cuDNN convolve channels-last tensors without reordering
+    them, and the norm over channels becomes a reduction over contiguous memory.
+    """
+    return x.contiguous(memory_format=torch.channels_last_3d)
+
+
+def per_frame(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Apply a 2D function to every frame of ``[B, C, T, H, W]`` (a view for channels-last input)."""
     b, c, t, h, w = x.shape
+    if t == 1:  # reshape would give the size-1 batch a stride that hides the channels-last layout
+        return fn(x[:, :, 0]).unsqueeze(2)
     y = fn(x.transpose(1, 2).reshape(b * t, c, h, w))
     return y.reshape(b, t, *y.shape[1:]).transpose(1, 2)
 
 
 # --------------------------------------------------------------------- layers
+class RMSNorm(nn.Module):
+    """Normalise over channels (dim 1) to unit RMS, then scale per channel by ``gamma``.
+
+    Same result as ``F.normalize(x, dim=1) * sqrt(dim) * gamma`` up to rounding,
+    computed as one reduction and in-place products.
+    """
+
+    eps = 1e-12  # the eps of F.normalize
+
+    def __init__(self, dim: int, spatial_dims: int = 3) -> None:
+        super().__init__()
+        self.scale = dim ** 0.5
+        self.gamma = nn.Parameter(torch.ones(dim, *(1,) * spatial_dims))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.write(x, torch.empty_like(x))
+
+    def write(self, x: torch.Tensor, out: torch.Tensor, silu: bool = False) -> torch.Tensor:
+        """Write ``norm(x)`` (then SiLU with ``silu``) into ``out``, a tensor shaped like ``x``."""
+        torch.mul(x, self._inverse_rms(x), out=out)
+        out.mul_(self.gamma)
+        return F.silu(out, inplace=True) if silu else out
+
+    def _inverse_rms(self, x: torch.Tensor) -> torch.Tensor:
+        """``sqrt(dim) / max(||x||, eps)`` over channels, accumulated in fp32; ``[B, 1, ...]``."""
+        norm = torch.linalg.vector_norm(x, dim=1, keepdim=True, dtype=torch.float32)
+        return norm.clamp_min_(self.eps).reciprocal_().mul_(self.scale).to(x.dtype)
+
+
 class CausalConv3d(nn.Conv3d, Streaming):
     """3D convolution that pads space symmetrically and time on the past side only.
 
     The ``kernel_t - 1`` frames before a chunk are the cached tail of the
-    previous chunk, or zeros at the start of the video.
+    previous chunk, or zeros at the start of the video. A causal pass is split
+    in two so that callers can write the chunk straight after its past:
+    :meth:`causal_input` builds ``[past | x]`` (optionally normalised on the
+    way) and :meth:`convolve` runs the convolution and stores the new tail.
     """
 
     def __init__(self, in_dim: int, out_dim: int, kernel: int | tuple[int, int, int]) -> None:
@@ -99,35 +145,68 @@ class CausalConv3d(nn.Conv3d, Streaming):
         return self.kernel_size[0] - 1
 
     def forward(self, x: torch.Tensor, cache: CausalCache | None = None) -> torch.Tensor:
-        return super().forward(self._with_past(x, cache))
+        if self.past_frames == 0:
+            return super().forward(x)
+        return self.convolve(self.causal_input(x, cache), cache)
 
-    def _with_past(self, x: torch.Tensor, cache: CausalCache | None) -> torch.Tensor:
+    def causal_input(self, x: torch.Tensor, cache: CausalCache | None,
+                     norm: RMSNorm | None = None) -> torch.Tensor:
+        """``[past | x]`` along time as one channels-last buffer (with ``norm``: ``[past | SiLU(norm(x))]``).
+
+        At the start of the video (no cached past) the buffer is ``x`` alone;
+        :meth:`convolve` then treats the missing past as zeros.
+        """
+        past = self._past(cache)
+        n = 0 if past is None else past.shape[2]
+        b, c, t, h, w = x.shape
+        buf = torch.empty((b, c, n + t, h, w), dtype=x.dtype, device=x.device,
+                          memory_format=torch.channels_last_3d)
+        if past is not None:
+            buf[:, :, :n].copy_(past)
+        body = buf[:, :, n:]
+        if norm is None:
+            body.copy_(x)
+        else:
+            norm.write(x, body, silu=True)
+        return buf
+
+    def convolve(self, buf: torch.Tensor, cache: CausalCache | None) -> torch.Tensor:
+        """Convolve a buffer from :meth:`causal_input` and keep its last frames for the next chunk."""
         n = self.past_frames
-        if n == 0:
-            return x
-        past = cache.tails.get(self) if cache is not None else None
-        if past is None:
-            past = x.new_zeros(*x.shape[:2], n, *x.shape[3:])
-        x = torch.cat([past.to(x.dtype), x], dim=2)
+        if self._past(cache) is not None:
+            out = super().forward(buf)
+        elif buf.shape[2] == 1:
+            # Only the last temporal tap sees a real frame; the others multiply zeros.
+            out = F.conv3d(buf, self.weight[:, :, n:], self.bias, padding=self.padding)
+        else:
+            out = super().forward(F.pad(buf, (0, 0, 0, 0, n, 0)))
         if cache is not None:
-            cache.tails[self] = x[:, :, -n:].clone()
-        return x
+            cache.tails[self] = self._tail(buf, cache)
+        return out
+
+    def _past(self, cache: CausalCache | None) -> torch.Tensor | None:
+        return cache.tails.get(self) if cache is not None else None
+
+    def _tail(self, buf: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+        """The last ``past_frames`` frames of ``[past | buf]`` (zeros standing in for a missing past)."""
+        n = self.past_frames
+        if buf.shape[2] < n and self._past(cache) is None:
+            buf = F.pad(buf, (0, 0, 0, 0, n - buf.shape[2], 0))
+        return buf[:, :, -n:].clone()
 
 
-class RMSNorm(nn.Module):
-    """Normalise over channels (dim 1) to unit RMS, then scale per channel by ``gamma``."""
-
-    def __init__(self, dim: int, spatial_dims: int = 3) -> None:
-        super().__init__()
-        self.scale = dim ** 0.5
-        self.gamma = nn.Parameter(torch.ones(dim, *(1,) * spatial_dims))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(x, dim=1) * self.scale * self.gamma
+def norm_silu_conv(norm: RMSNorm, conv: CausalConv3d, x: torch.Tensor,
+                   cache: CausalCache) -> torch.Tensor:
+    """``conv(SiLU(norm(x)))`` with the causal past, without an intermediate copy of ``x``."""
+    return conv.convolve(conv.causal_input(x, cache, norm), cache)
 
 
 class Upsample2x(nn.Module):
-    """Nearest-neighbour 2x spatial upsampling, computed in fp32 (bf16 is not supported everywhere)."""
+    """Nearest-neighbour 2x spatial upsampling, computed in fp32 (bf16 is not supported everywhere).
+
+    Kept as the first step of :class:`Upsample`'s ``resample`` (the checkpoint
+    layout); the decoder folds it into the following convolution.
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.interpolate(x.float(), scale_factor=2.0, mode="nearest-exact").type_as(x)
@@ -145,7 +224,13 @@ class ResidualBlock(nn.Module, Streaming):
         self.shortcut = CausalConv3d(in_dim, out_dim, 1) if in_dim != out_dim else nn.Identity()
 
     def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
-        return run_layers(self.residual, x, cache) + self.shortcut(x)
+        norm1, _, conv1, norm2, _, _, conv2 = self.residual
+        h = norm_silu_conv(norm1, conv1, x, cache)
+        buf = conv2.causal_input(h, cache, norm2)
+        del h  # free the first conv's output before the second one allocates its own
+        h = conv2.convolve(buf, cache)
+        del buf
+        return h.add_(self.shortcut(x))
 
 
 class AttentionBlock(nn.Module, Streaming):
@@ -158,14 +243,16 @@ class AttentionBlock(nn.Module, Streaming):
         self.proj = nn.Conv2d(dim, dim, 1)
 
     def forward(self, x: torch.Tensor, cache: CausalCache | None = None) -> torch.Tensor:
-        return x + per_frame(self._attend, x)
+        return per_frame(self._attend, x).add_(x)
 
     def _attend(self, frames: torch.Tensor) -> torch.Tensor:
         n, c, h, w = frames.shape
-        qkv = self.to_qkv(self.norm(frames)).flatten(2).transpose(1, 2)   # [N, H*W, 3C]
-        q, k, v = qkv.unsqueeze(2).chunk(3, dim=-1)                          # [N, H*W, 1, C]
-        out = attention(q, k, v).squeeze(2)                                  # [N, H*W, C]
-        return self.proj(out.transpose(1, 2).reshape(n, c, h, w))
+        qkv = self.to_qkv(self.norm(frames))                                 # [N, 3C, H, W]
+        # token-major (a view if channels-last): SDPA then takes its memory-efficient kernel
+        qkv = qkv.permute(0, 2, 3, 1).reshape(n, h * w, 1, 3 * c).contiguous()
+        q, k, v = qkv.chunk(3, dim=-1)                                       # [N, H*W, 1, C]
+        out = attention(q, k, v)                                             # [N, H*W, 1, C]
+        return self.proj(out.reshape(n, h, w, c).permute(0, 3, 1, 2))
 
 
 class Downsample(nn.Module, Streaming):
@@ -201,6 +288,36 @@ class Downsample(nn.Module, Streaming):
         return torch.cat(out, dim=2) if len(out) > 1 else out[0]
 
 
+def _fold_taps(w: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A 3-tap kernel (along ``dim``) applied after nearest 2x upsampling, as two 2-tap kernels.
+
+    Output pixel ``2i`` reads input pixels ``i-1, i, i`` (taps 0, 1, 2) and
+    ``2i+1`` reads ``i, i, i+1``: so phase 0 is ``[w0, w1+w2]`` on ``(i-1, i)``
+    and phase 1 is ``[w0+w1, w2]`` on ``(i, i+1)``.
+    """
+    w0, w1, w2 = w.unbind(dim)
+    return torch.stack([w0, w1 + w2], dim), torch.stack([w0 + w1, w2], dim)
+
+
+def upsample_conv2d(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """``conv(nearest_2x(x))`` for a 3x3 ``conv`` (padding 1), without building the upsampled input.
+
+    The four output phases (even/odd row x even/odd column) are 2x2
+    convolutions of ``x`` with summed taps: one convolution with four times
+    the output channels and 4/9 of the multiply-adds, then an interleave.
+    """
+    n, _, h, w = x.shape
+    out_dim = conv.out_channels
+    kernels = [k for rows in _fold_taps(conv.weight, 2) for k in _fold_taps(rows, 3)]
+    phases = F.conv2d(x, torch.cat(kernels), conv.bias.repeat(4), padding=1)  # [N, 4C, H+1, W+1]
+    out = torch.empty((n, out_dim, 2 * h, 2 * w), dtype=phases.dtype, device=phases.device,
+                      memory_format=torch.channels_last)
+    grid = out.view(n, out_dim, h, 2, w, 2)
+    for p, (a, b) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
+        grid[:, :, :, a, :, b].copy_(phases[:, p * out_dim:(p + 1) * out_dim, a:a + h, b:b + w])
+    return out
+
+
 class Upsample(nn.Module, Streaming):
     """Double height and width and halve the channels; with ``temporal`` also double the frames.
 
@@ -217,20 +334,25 @@ class Upsample(nn.Module, Streaming):
     def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
         if self.time_conv is not None:
             x = self._split_frames(x, cache)
-        return per_frame(self.resample, x)
+        return per_frame(partial(upsample_conv2d, conv=self.resample[1]), x)
 
     def _split_frames(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
-        out = []
-        if self not in cache.started:           # the first frame of the video
-            cache.started.add(self)
-            out.append(x[:, :, :1])
-            x = x[:, :, 1:]
-        if x.shape[2] > 0:
-            y = self.time_conv(x, cache)                        # [B, 2C, T, H, W]
-            b, c2, t, h, w = y.shape
-            y = y.unflatten(1, (2, c2 // 2)).permute(0, 2, 3, 1, 4, 5)   # [B, C, T, 2, H, W]
-            out.append(y.reshape(b, c2 // 2, 2 * t, h, w))
-        return torch.cat(out, dim=2) if len(out) > 1 else out[0]
+        first = self not in cache.started       # the first frame of the video passes through
+        cache.started.add(self)
+        later = x[:, :, 1:] if first else x
+        if later.shape[2] == 0:
+            return x
+        y = self.time_conv(later, cache)                             # [B, 2C, T, H, W]
+        b, c2, t, h, w = y.shape
+        c = c2 // 2
+        out = torch.empty((b, c, int(first) + 2 * t, h, w), dtype=y.dtype, device=y.device,
+                          memory_format=torch.channels_last_3d)
+        if first:
+            out[:, :, :1].copy_(x[:, :, :1])
+        # frame 2k+s of the output is channel half s of frame k
+        out[:, :, int(first):].unflatten(2, (t, 2)).copy_(
+            y.unflatten(1, (2, c)).permute(0, 2, 3, 1, 4, 5))
+        return out
 
 
 def middle_blocks(dim: int) -> nn.Sequential:
@@ -241,6 +363,11 @@ def middle_blocks(dim: int) -> nn.Sequential:
 def output_head(in_dim: int, out_dim: int) -> nn.Sequential:
     """Norm, SiLU and a causal 3x3x3 convolution (names head.0 and head.2)."""
     return nn.Sequential(RMSNorm(in_dim), nn.SiLU(), CausalConv3d(in_dim, out_dim, 3))
+
+
+def run_head(head: nn.Sequential, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+    norm, _, conv = head
+    return norm_silu_conv(norm, conv, x, cache)
 
 
 # --------------------------------------------------------------------- encoder / decoder
@@ -263,10 +390,25 @@ class Encoder3d(nn.Module):
         self.head = output_head(widths[-1], out_dim)
 
     def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
-        x = self.conv1(x, cache)
-        for layers in (self.downsamples, self.middle, self.head):
-            x = run_layers(layers, x, cache)
-        return x
+        return self.latent_stage(self.pixel_stage(x, cache), cache)
+
+    def pixel_stage(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+        """Pixels to features at latent resolution: every layer up to the last downsampler.
+
+        Each output pixel sees a bounded neighbourhood, so this stage can run on tiles.
+        """
+        x = self.conv1(channels_last(x), cache)
+        return run_layers(self.downsamples[:self._split], x, cache)
+
+    def latent_stage(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+        """The rest, at latent resolution (its attention sees whole frames)."""
+        x = run_layers(self.downsamples[self._split:], x, cache)
+        x = run_layers(self.middle, x, cache)
+        return run_head(self.head, x, cache)
+
+    @property
+    def _split(self) -> int:
+        return 1 + max(i for i, m in enumerate(self.downsamples) if isinstance(m, Downsample))
 
 
 class Decoder3d(nn.Module):
@@ -290,10 +432,25 @@ class Decoder3d(nn.Module):
         self.head = output_head(widths[-1], 3)
 
     def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
-        x = self.conv1(x, cache)
-        for layers in (self.middle, self.upsamples, self.head):
-            x = run_layers(layers, x, cache)
-        return x
+        return self.pixel_stage(self.latent_stage(x, cache), cache)
+
+    def latent_stage(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+        """Every layer before the first upsampler, at latent resolution (its attention sees
+        whole frames)."""
+        x = self.conv1(channels_last(x), cache)
+        x = run_layers(self.middle, x, cache)
+        return run_layers(self.upsamples[:self._split], x, cache)
+
+    def pixel_stage(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+        """The upsampling levels and the head. Each output pixel sees a bounded neighbourhood
+        of the input features, so this stage (where nearly all memory and time go) can run
+        on tiles."""
+        x = run_layers(self.upsamples[self._split:], x, cache)
+        return run_head(self.head, x, cache)
+
+    @property
+    def _split(self) -> int:
+        return min(i for i, m in enumerate(self.upsamples) if isinstance(m, Upsample))
 
 
 def _chunks(length: int, size: int, start: int = 0) -> Iterator[slice]:
@@ -337,7 +494,7 @@ class VideoVAE(nn.Module):
         parts = [self.encoder(x[:, :, :1], cache)]
         parts += [self.encoder(x[:, :, s], cache) for s in _chunks(x.shape[2], chunk_frames, 1)]
         mean, _log_var = self.conv1(torch.cat(parts, dim=2)).chunk(2, dim=1)
-        return mean
+        return mean.contiguous()
 
     def decode(self, z: torch.Tensor, chunk_latents: int = 1) -> torch.Tensor:
         """Video ``[B, 3, T, H, W]`` (unclamped) from raw latents, ``chunk_latents`` frames at a time."""
@@ -345,7 +502,255 @@ class VideoVAE(nn.Module):
         x = self.conv2(z)
         cache = CausalCache()
         return torch.cat([self.decoder(x[:, :, s], cache)
+                          for s in _chunks(x.shape[2], chunk_latents)], dim=2).contiguous()
+
+
+# --------------------------------------------------------------------- spatial tiling
+TILING_MODES = ("auto", "on", "off")
+
+#: Auto mode tiles when the estimated activation memory of an untiled pass exceeds
+#: this fraction of the device's free memory (CUDA: free memory; CPU: MemAvailable).
+AUTO_TILING_MEMORY_FRACTION = 0.5
+
+
+@dataclass
+class TilingConfig:
+    """Spatial tiling of :class:`WanVAE` passes; sizes are in latents (x8 pixels).
+
+    ``mode``: ``"off"`` never tiles, ``"on"`` always tiles frames larger than
+    one tile, ``"auto"`` tiles when :func:`estimate_decode_bytes` (or
+    :func:`estimate_encode_bytes`) exceeds ``memory_fraction`` of
+    :func:`free_memory_bytes`, then with the largest tile (a multiple of 8
+    latents, at least ``tile``) whose estimate fits. Neighbouring tiles share
+    at least ``overlap`` latents and are blended linearly across the overlap.
+    """
+    mode: str = "auto"
+    tile: int = 32
+    overlap: int = 8
+    memory_fraction: float = AUTO_TILING_MEMORY_FRACTION
+
+    def __post_init__(self) -> None:
+        if self.mode not in TILING_MODES:
+            raise ValueError(f"VAE tiling must be one of {', '.join(TILING_MODES)}, got {self.mode!r}.")
+        if not 0 <= self.overlap < self.tile / 2 or self.tile < 2:
+            raise ValueError(f"VAE tiles need 0 <= overlap < tile / 2, got tile={self.tile}, "
+                             f"overlap={self.overlap}.")
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Evenly spaced starts of the fewest ``tile``-long windows covering ``[0, length)``
+    with at least ``overlap`` shared between neighbours."""
+    if length <= tile:
+        return [0]
+    count = math.ceil((length - overlap) / (tile - overlap))
+    return [i * (length - tile) // (count - 1) for i in range(count)]
+
+
+def blend_ramps(starts: list[int], size: int, scale: int, device: torch.device) -> list[torch.Tensor]:
+    """Per-tile 1D weights (``size * scale`` long) for blending tiles along one axis.
+
+    Across the overlap of two neighbours one weight falls linearly from 1 to 0
+    while the other rises, so they sum to 1. The ramp spans the central half
+    of the overlap: in its outer quarters a tile's pixels near its own border
+    (the least accurate: the network saw zeros beyond it) get weight 0.
+    Weights are 1 elsewhere, also at the frame's borders.
+    """
+    ramps = []
+    pos = torch.arange(size * scale, dtype=torch.float32, device=device) + 0.5
+    for i, start in enumerate(starts):
+        w = torch.ones(size * scale, device=device)
+        if i > 0:
+            w = torch.minimum(w, _ramp(pos, (starts[i - 1] + size - start) * scale))
+        if i + 1 < len(starts):
+            w = torch.minimum(w, _ramp(size * scale - pos, (start + size - starts[i + 1]) * scale))
+        ramps.append(w)
+    return ramps
+
+
+def _ramp(distance: torch.Tensor, overlap: int) -> torch.Tensor:
+    """0 for the first quarter of ``overlap`` from a tile's border, 1 after three quarters,
+    linear in between."""
+    return ((distance - overlap / 4) / (overlap / 2)).clamp_(0, 1)
+
+
+def _blend_tiles(process: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile: int,
+                 overlap: int, in_scale: int, out_scale: int) -> torch.Tensor:
+    """Run ``process`` on overlapping spatial tiles of ``x`` and blend the results.
+
+    Tiles are ``tile`` x ``tile`` units; a unit is ``in_scale`` pixels of ``x``
+    and ``out_scale`` pixels of the output (decode: 1 -> 8, encode: 8 -> 1).
+    """
+    h, w = x.shape[-2] // in_scale, x.shape[-1] // in_scale
+    th, tw = min(tile, h), min(tile, w)
+    rows, cols = tile_starts(h, th, overlap), tile_starts(w, tw, overlap)
+    row_w = blend_ramps(rows, th, out_scale, x.device)
+    col_w = blend_ramps(cols, tw, out_scale, x.device)
+    if len(rows) == len(cols) == 1:
+        return process(x)
+    log.debug("VAE tiling: %d x %d tiles of %d x %d units", len(rows), len(cols), th, tw)
+    out = norm = None
+    for r, wr in zip(rows, row_w):
+        for c, wc in zip(cols, col_w):
+            y = process(x[..., r * in_scale:(r + th) * in_scale, c * in_scale:(c + tw) * in_scale])
+            if out is None:
+                out = y.new_zeros((*y.shape[:-2], h * out_scale, w * out_scale))
+                norm = torch.zeros(h * out_scale, w * out_scale, device=y.device)
+            weight = wr[:, None] * wc[None, :]
+            region = (..., slice(r * out_scale, (r + th) * out_scale),
+                      slice(c * out_scale, (c + tw) * out_scale))
+            out[region].add_(y.mul_(weight.to(y.dtype)))
+            norm[region[1:]].add_(weight)
+            del y
+    return out.div_(norm.to(out.dtype))
+
+
+def tiled_decode(model: VideoVAE, z: torch.Tensor, tile: int = 32, overlap: int = 8,
+                 chunk_latents: int = 1) -> torch.Tensor:
+    """:meth:`VideoVAE.decode` in bounded memory: overlapping spatial tiles, blended in pixel space.
+
+    The decoder's latent-resolution stage (up to its first upsampler, with the
+    per-frame attention) runs on whole frames, which keeps the attention exact
+    and costs little memory; its output is cut into ``tile`` x ``tile``-latent
+    tiles sharing ``overlap`` latents, each decoded to pixels on its own (all
+    frames, one causal cache per tile) and blended linearly across the overlaps.
+    """
+    decoder = model.decoder
+    _check_chunk("chunk_latents", chunk_latents)
+    x = model.conv2(z)
+    cache = CausalCache()
+    features = torch.cat([decoder.latent_stage(x[:, :, s], cache)
                           for s in _chunks(x.shape[2], chunk_latents)], dim=2)
+    del cache, x
+
+    def decode_tile(f: torch.Tensor) -> torch.Tensor:
+        tile_cache = CausalCache()
+        return torch.cat([decoder.pixel_stage(f[:, :, s], tile_cache)
+                          for s in _chunks(f.shape[2], chunk_latents)], dim=2).contiguous()
+
+    return _blend_tiles(decode_tile, features, tile, overlap, in_scale=1, out_scale=SPATIAL_STRIDE)
+
+
+def tiled_encode(model: VideoVAE, x: torch.Tensor, tile: int = 32, overlap: int = 8,
+                 chunk_frames: int = TEMPORAL_STRIDE) -> torch.Tensor:
+    """:meth:`VideoVAE.encode` in bounded memory: the encoder's pixel stage on overlapping tiles
+    of ``tile * 8`` pixels, blended at latent resolution, then its latent stage on whole frames."""
+    encoder = model.encoder
+    _check_chunk("chunk_frames", chunk_frames, TEMPORAL_STRIDE)
+
+    def encode_tile(v: torch.Tensor) -> torch.Tensor:
+        tile_cache = CausalCache()
+        parts = [encoder.pixel_stage(v[:, :, :1], tile_cache)]
+        parts += [encoder.pixel_stage(v[:, :, s], tile_cache)
+                  for s in _chunks(v.shape[2], chunk_frames, 1)]
+        return torch.cat(parts, dim=2)
+
+    features = _blend_tiles(encode_tile, x, tile, overlap, in_scale=SPATIAL_STRIDE, out_scale=1)
+    cache = CausalCache()
+    latents = torch.cat([encoder.latent_stage(features[:, :, s], cache)
+                         for s in _chunks(features.shape[2], 1)], dim=2)
+    mean, _log_var = model.conv1(latents).chunk(2, dim=1)
+    return mean.contiguous()
+
+
+def _causal_tails(module: nn.Module) -> int:
+    """Channel-frames a module keeps in a :class:`CausalCache` per pixel of its input."""
+    return sum(m.past_frames * m.in_channels for m in module.modules()
+               if isinstance(m, CausalConv3d)) + sum(
+        m.time_conv.in_channels for m in module.modules()
+        if isinstance(m, Downsample) and m.time_conv is not None)
+
+
+def _working_set(block: nn.Module, frames: int) -> int:
+    """Channel-frames per pixel alive inside a residual block: input, padded input, output."""
+    if not isinstance(block, ResidualBlock):
+        return 0
+    return (3 * frames + 2) * max(block.residual[2].in_channels, block.residual[2].out_channels)
+
+
+def estimate_decode_bytes(model: VideoVAE, height: int, width: int, chunk_latents: int = 1,
+                          element_size: int = 4) -> int:
+    """Estimated peak activation memory of an untiled decode of ``height`` x ``width`` latents.
+
+    The sum, over the decoder's layers, of the frames every causal convolution
+    caches (they all live until the end of the video) plus the largest working
+    set of one residual block (its input, its past-padded input and its output
+    for one chunk), at the resolution and frame count of the layer's level.
+    Weights and the output video are not included.
+    """
+    dec = model.decoder
+    area = height * width
+    frames = chunk_latents
+    total = _causal_tails(dec.conv1) * area
+    work = 0
+    for block in (*dec.middle, *dec.upsamples, dec.head):
+        total += _causal_tails(block) * area
+        work = max(work, _working_set(block, frames) * area)
+        if isinstance(block, Upsample):
+            area *= 4
+            frames *= 2 if block.time_conv is not None else 1
+    work = max(work, (2 * frames + 2) * dec.head[2].in_channels * area)
+    return (total + work) * element_size
+
+
+def estimate_encode_bytes(model: VideoVAE, height: int, width: int,
+                          chunk_frames: int = TEMPORAL_STRIDE, element_size: int = 4) -> int:
+    """Estimated peak activation memory of an untiled encode to ``height`` x ``width`` latents
+    (``8 height`` x ``8 width`` pixels), counted as :func:`estimate_decode_bytes` does."""
+    enc = model.encoder
+    area = height * width * SPATIAL_STRIDE ** 2
+    frames = chunk_frames
+    total = _causal_tails(enc.conv1) * area
+    work = (2 * frames + 2) * (3 + enc.conv1.out_channels) * area
+    for block in (*enc.downsamples, *enc.middle, enc.head):
+        total += _causal_tails(block) * area
+        work = max(work, _working_set(block, frames) * area)
+        if isinstance(block, Downsample):
+            area //= 4
+            frames //= 2 if block.time_conv is not None else 1
+    return (total + work) * element_size
+
+
+def free_memory_bytes(device: torch.device) -> int | None:
+    """Memory a pass on ``device`` may use: CUDA's free memory, else the host's available RAM
+    (``MemAvailable`` of /proc/meminfo, or psutil); None when unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import psutil
+        return psutil.virtual_memory().available
+    except ImportError:
+        return None
+
+
+def choose_tile(config: TilingConfig, size: tuple[int, int], estimate: Callable[[int, int], int],
+                device: torch.device) -> int | None:
+    """The tile (in latents) a pass over ``size`` latents should use, or None for no tiling."""
+    h, w = size
+    if config.mode == "off" or max(h, w) <= config.tile and config.mode == "on":
+        return None
+    if config.mode == "on":
+        return config.tile
+    free = free_memory_bytes(device)
+    if free is None:
+        return None
+    budget = config.memory_fraction * free
+    need = estimate(h, w)
+    if need <= budget:
+        return None
+    tile = config.tile
+    while tile + 8 < max(h, w) and estimate(min(tile + 8, h), min(tile + 8, w)) <= budget:
+        tile += 8
+    log.info("VAE: an untiled pass over %dx%d latents needs about %.1f GiB, more than %.0f%% of "
+             "the %.1f GiB free; tiling it in %d-latent tiles", h, w, need / 2**30,
+             100 * config.memory_fraction, free / 2**30, tile)
+    return tile
 
 
 # --------------------------------------------------------------------- weights
@@ -401,10 +806,13 @@ class WanVAE:
     ``dtype`` is the compute precision (autocast); the weights stay fp32.
     ``encode_chunk_frames`` and ``decode_chunk_latents`` set the default chunk
     lengths (official: 4 and 1); any valid value gives the same result.
+    ``tiling`` (``"auto"``, ``"on"``, ``"off"`` or a :class:`TilingConfig`)
+    sets spatial tiling; ``"auto"`` tiles only passes that would not fit in memory.
     """
 
     def __init__(self, z_dim: int = 16, vae_pth: str | os.PathLike = "cache/vae_step_411000.pth",
-                 dtype: torch.dtype = torch.float, device: torch.device | str = "cuda") -> None:
+                 dtype: torch.dtype = torch.float, device: torch.device | str = "cuda",
+                 tiling: TilingConfig | str = "auto") -> None:
         if z_dim != len(LATENT_MEAN):
             raise ValueError(f"z_dim must be {len(LATENT_MEAN)} (the latent statistics of Wan2.1 "
                              f"are defined for {len(LATENT_MEAN)} channels), got {z_dim}.")
@@ -415,11 +823,21 @@ class WanVAE:
         self.scale = [self.mean, 1.0 / self.std]
         self.encode_chunk_frames = TEMPORAL_STRIDE
         self.decode_chunk_latents = 1
+        self.tiling = tiling
         self.model = load_video_vae(vae_pth, z_dim, self.device)
 
     @property
     def z_dim(self) -> int:
         return self.model.z_dim
+
+    @property
+    def tiling(self) -> TilingConfig:
+        """Spatial tiling of encodes and decodes; set a mode string or a :class:`TilingConfig`."""
+        return self._tiling
+
+    @tiling.setter
+    def tiling(self, value: TilingConfig | str) -> None:
+        self._tiling = value if isinstance(value, TilingConfig) else TilingConfig(mode=value)
 
     def to(self, device: torch.device | str) -> "WanVAE":
         """Move the network and the latent statistics to ``device``."""
@@ -437,7 +855,12 @@ class WanVAE:
         for i, video in enumerate(_as_list(videos, "videos")):
             _check_video(video, i)
             with torch.no_grad(), self._autocast():
-                mean = self.model.encode(self._prepare(video), chunk_frames)
+                x = self._prepare(video)
+                tile = self._tile(x.shape[-2] // SPATIAL_STRIDE, x.shape[-1] // SPATIAL_STRIDE,
+                                  partial(estimate_encode_bytes, self.model,
+                                          chunk_frames=chunk_frames))
+                mean = (self.model.encode(x, chunk_frames) if tile is None else
+                        tiled_encode(self.model, x, tile, self.tiling.overlap, chunk_frames))
                 out.append(self._normalise(mean).float().squeeze(0))
         return out
 
@@ -449,9 +872,20 @@ class WanVAE:
         for i, z in enumerate(_as_list(zs, "zs")):
             _check_latent(z, i, self.z_dim)
             with torch.no_grad(), self._autocast():
-                video = self.model.decode(self._denormalise(self._prepare(z)), chunk_latents)
+                z = self._denormalise(self._prepare(z))
+                tile = self._tile(z.shape[-2], z.shape[-1],
+                                  partial(estimate_decode_bytes, self.model,
+                                          chunk_latents=chunk_latents))
+                video = (self.model.decode(z, chunk_latents) if tile is None else
+                         tiled_decode(self.model, z, tile, self.tiling.overlap, chunk_latents))
                 out.append(video.float().clamp_(-1, 1).squeeze(0))
         return out
+
+    def _tile(self, height: int, width: int, estimate: Callable[..., int]) -> int | None:
+        """The tile size (latents) for a pass over ``height`` x ``width`` latents, or None."""
+        element_size = torch.finfo(self.dtype).bits // 8
+        return choose_tile(self.tiling, (height, width),
+                           partial(estimate, element_size=element_size), self.device)
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         return x.to(device=self.device, dtype=torch.float32).unsqueeze(0)
