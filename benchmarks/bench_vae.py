@@ -193,14 +193,18 @@ def main() -> None:
         "ours_flops": flops["ours"], "diffusers_flops": flops["diffusers"],
         "ours_fraction_of_matmul": flops["ours"] / t_ours / 1e12 / tflops,
         "diffusers_fraction_of_matmul": flops["diffusers"] / t_ref / 1e12 / tflops,
+        "ours_fraction_of_conv": flops["ours"] / t_ours / 1e12 / ctflops,
+        "diffusers_fraction_of_conv": flops["diffusers"] / t_ref / 1e12 / ctflops,
     }
     print(f"decode: ours {t_ours:.2f} s, diffusers {t_ref:.2f} s (medians of {args.repeats}), "
           f"ratio {t_ours / t_ref:.3f}")
     print(f"machine: fp32 matmul {tflops * 1e3:.0f} GFLOP/s, 3x3x3 conv {ctflops * 1e3:.0f} "
           f"GFLOP/s ({torch.get_num_threads()} threads)")
     print(f"work: ours {flops['ours'] / 1e12:.2f} TFLOP at "
-          f"{results['ours_fraction_of_matmul']:.0%} of matmul, diffusers "
-          f"{flops['diffusers'] / 1e12:.2f} TFLOP at {results['diffusers_fraction_of_matmul']:.0%}")
+          f"{results['ours_fraction_of_matmul']:.0%} of matmul / "
+          f"{results['ours_fraction_of_conv']:.0%} of conv throughput, diffusers "
+          f"{flops['diffusers'] / 1e12:.2f} TFLOP at {results['diffusers_fraction_of_matmul']:.0%}"
+          f" / {results['diffusers_fraction_of_conv']:.0%}")
 
     if args.bf16:
         fn16 = decoder_fn("ours", ours, z, torch.bfloat16)

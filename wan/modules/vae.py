@@ -520,9 +520,9 @@ class TilingConfig:
     ``mode``: ``"off"`` never tiles, ``"on"`` always tiles frames larger than
     one tile, ``"auto"`` tiles when :func:`estimate_decode_bytes` (or
     :func:`estimate_encode_bytes`) exceeds ``memory_fraction`` of
-    :func:`free_memory_bytes`, then with the largest tile (a multiple of 8
-    latents, at least ``tile``) whose estimate fits. Neighbouring tiles share
-    at least ``overlap`` latents and are blended linearly across the overlap.
+    :func:`free_memory_bytes`, then with the largest tile (``tile``, growing in
+    steps of 8 latents) whose estimate fits. Neighbouring tiles share at least
+    ``overlap`` latents and are blended linearly across the overlap.
     """
     mode: str = "auto"
     tile: int = 32
@@ -675,7 +675,8 @@ def estimate_decode_bytes(model: VideoVAE, height: int, width: int, chunk_latent
     caches (they all live until the end of the video) plus the largest working
     set of one residual block (its input, its past-padded input and its output
     for one chunk), at the resolution and frame count of the layer's level.
-    Weights and the output video are not included.
+    Weights and the output video are not included, nor, for a tiled decode,
+    the whole-frame latent-resolution features (about half the output's size).
     """
     dec = model.decoder
     area = height * width
