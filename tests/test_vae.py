@@ -283,3 +283,54 @@ def test_real_size_vae_loads_encodes_and_decodes(tmp_path):
     reference = diffusers_vae(path, 96)
     assert rel_err(z, reference_encode(reference, video)) <= TOL
     assert rel_err(out, reference_decode(reference, z)) <= TOL
+
+
+# --------------------------------------------------------------------- fast paths
+def test_rms_norm_matches_the_normalize_formula():
+    from wan.modules.vae import RMSNorm, channels_last
+
+    norm = RMSNorm(24)
+    with torch.no_grad():
+        norm.gamma.copy_(1 + 0.1 * torch.randn(24, 1, 1, 1))
+        x = torch.randn(2, 24, 3, 5, 7)
+        expected = torch.nn.functional.normalize(x, dim=1) * 24 ** 0.5 * norm.gamma
+        for inp in (x, channels_last(x)):
+            assert rel_err(norm(inp), expected) <= 1e-6
+        out = torch.empty_like(x)
+        norm.write(x, out, silu=True)
+        assert rel_err(out, torch.nn.functional.silu(expected)) <= 1e-6
+
+
+def test_folded_upsampling_matches_upsample_then_conv():
+    from wan.modules.vae import upsample_conv2d
+
+    conv = torch.nn.Conv2d(12, 6, 3, padding=1)
+    x = torch.randn(3, 12, 5, 7)
+    with torch.no_grad():
+        expected = conv(torch.nn.functional.interpolate(x, scale_factor=2.0, mode="nearest-exact"))
+        out = upsample_conv2d(x, conv)
+    assert out.shape == expected.shape == (3, 6, 10, 14)
+    assert rel_err(out, expected) <= 1e-6
+
+
+@pytest.mark.parametrize("frames", [1, 2, 5])
+def test_causal_conv_at_the_video_start_treats_the_past_as_zeros(frames):
+    from wan.modules.vae import CausalCache, CausalConv3d
+
+    conv = CausalConv3d(6, 5, 3)
+    x = torch.randn(1, 6, frames, 4, 5)
+    with torch.no_grad():
+        expected = conv._conv_forward(torch.nn.functional.pad(x, (0, 0, 0, 0, 2, 0)),
+                                      conv.weight, conv.bias)
+        cache = CausalCache()
+        assert rel_err(conv(x, cache), expected) <= 1e-6
+        assert rel_err(conv(x), expected) <= 1e-6
+    # the cached tail is the last two frames of [zeros | x]
+    tail = torch.cat([torch.zeros(1, 6, 2, 4, 5), x], dim=2)[:, :, -2:]
+    assert torch.equal(cache.tails[conv], tail)
+
+
+def test_outputs_are_plain_contiguous_tensors(vae):
+    (z,) = vae.encode([random_video(5, 16, 24)])
+    (video,) = vae.decode([z])
+    assert z.is_contiguous() and video.is_contiguous()

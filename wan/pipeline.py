@@ -6,7 +6,6 @@ build their conditioning; the denoising loop is :func:`wan.sampling.sample`.
 
 from __future__ import annotations
 
-import gc
 import logging
 import math
 import os
@@ -23,33 +22,12 @@ from .modules.t5 import T5EncoderModel
 from .modules.vae import WanVAE
 from .sampling import Conditioning, initial_noise, resolve_seed, sample
 from .utils.checkpoint import require_dir
+from .utils.device import empty_cache, resolve_device
 from .utils.fm_solvers import SOLVERS
 
 __all__ = ["WanPipelineBase", "resolve_device"]
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(device_id: int | str | torch.device | None) -> torch.device:
-    """``device_id`` as a device: an int is a CUDA index (or MPS/CPU when CUDA is absent)."""
-    if isinstance(device_id, torch.device):
-        return device_id
-    if isinstance(device_id, str):
-        return torch.device(device_id)
-    if torch.cuda.is_available():
-        return torch.device(f"cuda:{device_id or 0}")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def empty_cache(device: torch.device) -> None:
-    """Release cached accelerator memory (no-op on the CPU)."""
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    elif device.type == "mps":
-        torch.mps.empty_cache()
 
 
 @contextmanager

@@ -20,6 +20,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from ..utils.device import resolve_device
+
 __all__ = ["shard_model", "is_sharded", "resident_parameter_numel"]
 
 log = logging.getLogger(__name__)
@@ -32,17 +34,6 @@ def _fsdp_api():
     except ImportError:  # torch 2.4 / 2.5
         from torch.distributed._composable.fsdp import FSDPModule, fully_shard
     return fully_shard, FSDPModule
-
-
-def _as_device(device_id: int | str | torch.device | None) -> torch.device:
-    """The device the shards live on: an int is a CUDA index, None the current default."""
-    if isinstance(device_id, torch.device):
-        return device_id
-    if isinstance(device_id, str):
-        return torch.device(device_id)
-    if torch.cuda.is_available():
-        return torch.device("cuda", device_id or 0)
-    return torch.device("cpu")
 
 
 @lru_cache(maxsize=None)
@@ -81,7 +72,7 @@ def shard_model(model: nn.Module, device_id: int | str | torch.device | None = N
     if not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError("FSDP needs torch.distributed: launch with torchrun --nproc_per_node=N")
     fully_shard, _ = _fsdp_api()
-    device = _as_device(device_id)
+    device = resolve_device(device_id)
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)
     if sync_module_states:
