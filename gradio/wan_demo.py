@@ -143,7 +143,7 @@ def checkpoint_folders(spec: DemoSpec, args: argparse.Namespace) -> dict[str, st
 
 def pick_device(name: str | None) -> torch.device:
     """``--device`` as a torch device (CUDA, else MPS, else CPU when not given)."""
-    from wan.pipeline import resolve_device
+    from wan.utils.device import resolve_device
 
     if name is None:
         return resolve_device(None)
@@ -349,7 +349,7 @@ class WanDemo:
 
     def _release_memory(self) -> None:
         """After a failed job: give cached accelerator memory back."""
-        from wan.pipeline import empty_cache
+        from wan.utils.device import empty_cache
 
         empty_cache(self.device)
 
