@@ -33,7 +33,8 @@ EXAMPLE_IMAGE = str(Path(__file__).resolve().parent / "examples" / "i2v_input.JP
 
 # Settings a sidecar stores and --replay restores.
 REPLAY_KEYS = ("task", "size", "frame_num", "prompt", "negative_prompt", "base_seed", "image",
-               "sample_solver", "sample_steps", "sample_shift", "sample_guide_scale", "fps")
+               "sample_solver", "sample_steps", "sample_shift", "sample_guide_scale", "fps",
+               "vae_tiling")
 
 log = logging.getLogger("generate")
 

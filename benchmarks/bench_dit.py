@@ -7,7 +7,9 @@ converted for diffusers by its own converter) and identical inputs, alternating 
   unconditional) — the project's ``wan.sampling.sample`` against the loop of
   diffusers' ``WanPipeline`` (two transformer calls per step + UniPC on the official grid);
 * bf16: one guided step — the project's mixed precision (bf16 matmuls, fp32 norms and
-  residual stream, as the official code) against diffusers' transformer in bf16.
+  residual stream, as the official code) against diffusers' transformer in bf16. On
+  CPUs without bf16 instructions the project's bf16 matmuls run as fp32 GEMMs on bf16
+  operands (``wan.modules.linear``; ``WAN_CPU_HALF_MATMUL=native`` turns that off).
 
 Prints medians, the ratio, the machine's measured matmul throughput and the project's
 fraction of it (FLOPs counted from the shapes), and writes ``benchmarks/results/dit_<device>.json``.
@@ -29,6 +31,7 @@ from common import (alternate, dit_step_flops, matmul_tflops, median, rel_err, s
                     sync, threads_from_env)
 
 from wan.configs import WAN_CONFIGS
+from wan.modules.linear import fp32_gemm_for
 from wan.modules.model import WanModel
 from wan.sampling import Conditioning, autocast_for, sample
 from wan.utils.fm_solvers import sampling_sigmas
@@ -188,6 +191,9 @@ def main() -> None:
                                                   ctx_u.bfloat16(), 1, shift, guide).float()
 
             tflops = matmul_tflops(torch.bfloat16, device)
+            tflops32 = matmul_tflops(torch.float32, device)
+            route = ("fp32 GEMMs on bf16 operands" if fp32_gemm_for(torch.bfloat16, device)
+                     else "native bf16 GEMMs")
             times = alternate({"ours": step_ours, "diffusers": step_ref}, args.repeats, device,
                               warmup=args.warmup)
             t_ours, t_ref = median(times["ours"]), median(times["diffusers"])
@@ -201,7 +207,11 @@ def main() -> None:
                 "matmul_tflops": tflops,
                 "ours_fraction_of_matmul": flops / t_ours / 1e12 / tflops,
                 "diffusers_fraction_of_matmul": flops / t_ref / 1e12 / tflops,
+                "ours_matmul_route": route, "fp32_matmul_tflops": tflops32,
+                "ours_fraction_of_fp32_matmul": flops / t_ours / 1e12 / tflops32,
                 "all_times": times}
+            print(f"bf16 matmuls of the project: {route}; fp32 matmul {tflops32 * 1e3:.0f} GFLOP/s, "
+                  f"ours at {results['bf16']['ours_fraction_of_fp32_matmul']:.0%} of it")
             print(f"bf16 step: ours {t_ours:.2f} s, diffusers {t_ref:.2f} s, ratio "
                   f"{t_ours / t_ref:.3f}; vs fp32: ours {results['bf16']['rel_err_vs_fp32']:.2e}, "
                   f"diffusers {results['bf16']['diffusers_rel_err_vs_fp32']:.2e}; matmul "

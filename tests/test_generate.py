@@ -46,6 +46,7 @@ def test_t2v_file_seed_and_replay(t2v_ckpt, tmp_path):
     side = json.loads(a.with_suffix(".json").read_text())
     assert side["base_seed"] == 42 and side["task"] == "t2v-1.3B" and side["sample_steps"] == 2
     assert side["prompt"] == "a lighthouse in a storm" and side["frame_num"] == 5
+    assert side["vae_tiling"] == "auto"
     assert side["negative_prompt"].startswith("色调艳丽") and "torch" in side["versions"]
 
     assert run(*common, "--base_seed", "42", "--save_file", b) == 0  # parent folder created

@@ -135,16 +135,9 @@ def write_image(path: Path, size: tuple[int, int] = (160, 120)) -> Path:
 @pytest.fixture(scope="module")
 def qwen_dir(tmp_path_factory) -> Path:
     """A miniature local Qwen2 model for 'Prompt enhance' (random weights, tiny vocabulary)."""
-    import torch
-    from test_prompt_extend import _sampling, _text_config, _tokenizer
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from test_prompt_extend import write_tiny_qwen
 
-    folder = tmp_path_factory.mktemp("qwen2")
-    tok = _tokenizer()
-    torch.manual_seed(0)
-    _sampling(Qwen2ForCausalLM(Qwen2Config(**_text_config(tok)))).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+    return write_tiny_qwen(tmp_path_factory.mktemp("qwen2"))
 
 
 @pytest.fixture(scope="module")

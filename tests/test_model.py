@@ -249,3 +249,36 @@ def test_cached_context_same_numbers_computed_once(pair, monkeypatch):
     for p_, c_ in zip(plain, cached):
         for a, b in zip(p_, c_):
             assert torch.equal(a, b)
+
+
+def test_rope_is_the_official_fp64_complex_rotation():
+    """The complex64 table and product match the official rotation done in fp64 complex."""
+    from wan.modules.model import _grid_angles, apply_rope, rope_tables
+
+    grids, seq_len, head_dim = [(2, 3, 4), (1, 2, 2)], 26, 24
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, seq_len, 3, head_dim, generator=g)
+    out = apply_rope(x, rope_tables(grids, seq_len, head_dim, "cpu"))
+    assert out.dtype == torch.float32 and out.shape == x.shape
+    for i, grid in enumerate(grids):
+        n = math.prod(grid)
+        freqs = torch.polar(torch.ones(n, head_dim // 2, dtype=torch.float64),
+                            _grid_angles(grid, head_dim))
+        pairs = torch.view_as_complex(x[i, :n].double().reshape(n, 3, -1, 2))
+        ref = torch.view_as_real(pairs * freqs[:, None]).flatten(-2)
+        assert rel_err(out[i, :n], ref) < 1e-6
+        assert torch.equal(out[i, n:], x[i, n:])  # padding: identity rotation
+
+
+def test_feed_forward_in_place_gelu_same_numbers():
+    from wan.modules.model import FeedForward
+
+    torch.manual_seed(0)
+    ffn = FeedForward(16, 40)
+    x = torch.randn(2, 5, 16)
+    reference = ffn[2](torch.nn.functional.gelu(ffn[0](x), approximate="tanh"))
+    with torch.no_grad():
+        assert torch.equal(ffn(x), reference)
+    x.requires_grad_(True)  # with autograd the GELU is not done in place
+    ffn(x).sum().backward()
+    assert x.grad is not None and ffn[0].weight.grad is not None

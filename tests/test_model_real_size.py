@@ -1,4 +1,4 @@
-"""Real 1.3B DiT architecture: meta-device loading keeps peak memory near the file size."""
+"""Real 1.3B DiT architecture: loading memory, and bf16 matmuls through fp32 GEMMs."""
 
 import json
 import subprocess
@@ -74,3 +74,39 @@ def test_real_13b_load_memory(tmp_path):
     assert res["dim"] == 1536 and res["layers"] == 30
     assert res["params"] * 4 == nbytes
     assert ratio <= 1.1
+
+
+@pytest.mark.slow
+def test_real_13b_bf16_fp32_route_equals_native_kernels(monkeypatch):
+    """One guided forward of the real 1.3B architecture (768 tokens) in the official mixed
+    precision: bf16 matmuls computed by fp32 GEMMs (wan.modules.linear) against oneDNN's
+    own bf16 kernels. Only the order of the fp32 additions differs; where that moves a sum
+    across a bf16 rounding boundary the two differ by one bf16 ulp, which then propagates.
+    Both must be equally far from the fp32 result."""
+    from conftest import rel_err
+    from wan.modules.model import WanModel, is_matmul_weight
+
+    cfg = WAN_CONFIGS["t2v-1.3B"]
+    torch.manual_seed(0)
+    model = WanModel(dim=cfg.dim, ffn_dim=cfg.ffn_dim, num_heads=cfg.num_heads,
+                     num_layers=cfg.num_layers).eval().requires_grad_(False)
+    g = torch.Generator().manual_seed(1)
+    x = [torch.randn(16, 3, 32, 32, generator=g)] * 2
+    ctx = [torch.randn(23, 4096, generator=g), torch.randn(41, 4096, generator=g)]
+    t = torch.tensor([900.0, 900.0])
+    with torch.no_grad():
+        fp32 = torch.stack(model(x, t, ctx, 768))
+        for name, p in model.named_parameters():
+            if is_matmul_weight(name):
+                p.data = p.data.bfloat16()
+        outs = {}
+        for mode in ("fp32", "native"):
+            monkeypatch.setenv("WAN_CPU_HALF_MATMUL", mode)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                outs[mode] = torch.stack(model(x, t, ctx, 768))
+    route, bf16 = rel_err(outs["fp32"], outs["native"]), rel_err(outs["native"], fp32)
+    print(f"real 1.3B bf16 forward: fp32 route vs native bf16 kernels {route:.2e}; "
+          f"native bf16 vs fp32 {bf16:.2e}; fp32 route vs fp32 {rel_err(outs['fp32'], fp32):.2e}")
+    assert bf16 > 1e-3
+    assert route < 0.3 * bf16
+    assert rel_err(outs["fp32"], fp32) <= 1.05 * bf16

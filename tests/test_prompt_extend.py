@@ -292,16 +292,20 @@ def _sampling(model):
     return model
 
 
-@pytest.fixture(scope="module")
-def qwen_dir(tmp_path_factory) -> Path:
+def write_tiny_qwen(folder: Path) -> Path:
+    """A miniature local Qwen2 chat model (random weights, tiny vocabulary) in ``folder``."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    d = tmp_path_factory.mktemp("qwen2")
     tok = _tokenizer()
     torch.manual_seed(0)
-    _sampling(Qwen2ForCausalLM(Qwen2Config(**_text_config(tok)))).save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
+    _sampling(Qwen2ForCausalLM(Qwen2Config(**_text_config(tok)))).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def qwen_dir(tmp_path_factory) -> Path:
+    return write_tiny_qwen(tmp_path_factory.mktemp("qwen2"))
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from ..utils.checkpoint import CheckpointError, load_into_meta_module, load_pth
 from .attention import attention
+from .linear import Linear
 
 __all__ = ["CLIPModel", "CLIPImageEncoder", "VisionTransformer", "VisionTowerSpec",
            "load_image_encoder", "CLIP_MEAN", "CLIP_STD"]
@@ -123,8 +124,8 @@ class SelfAttention(nn.Module):
     def __init__(self, width: int, num_heads: int):
         super().__init__()
         self.num_heads = num_heads
-        self.to_qkv = nn.Linear(width, 3 * width)
-        self.proj = nn.Linear(width, width)
+        self.to_qkv = Linear(width, 3 * width)
+        self.proj = Linear(width, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
@@ -141,8 +142,8 @@ class VisionBlock(nn.Module):
         self.attn = SelfAttention(spec.width, spec.num_heads)
         self.norm2 = Float32LayerNorm(spec.width, eps=spec.eps)
         # Indices 0 and 2 match the official names ``mlp.0`` and ``mlp.2``.
-        self.mlp = nn.Sequential(nn.Linear(spec.width, spec.mlp_dim), nn.GELU(),
-                                 nn.Linear(spec.mlp_dim, spec.width))
+        self.mlp = nn.Sequential(Linear(spec.width, spec.mlp_dim), nn.GELU(),
+                                 Linear(spec.mlp_dim, spec.width))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))

@@ -32,6 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .attention import attention
+from .linear import Linear
 
 __all__ = ["WanModel", "cached_context", "sinusoidal_embedding_1d", "rope_tables", "apply_rope", "is_matmul_weight"]
 
@@ -94,8 +95,8 @@ def _grid_angles(grid: tuple[int, int, int], head_dim: int) -> torch.Tensor:
 
 
 def rope_tables(grids: Sequence[Sequence[int]], seq_len: int, head_dim: int,
-                device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp32 ``cos``/``sin`` tables ``[B, seq_len, 1, head_dim/2]`` for a batch of grids.
+                device: torch.device | str) -> torch.Tensor:
+    """Rotations ``exp(i angle)`` as complex64 ``[B, seq_len, 1, head_dim/2]`` for a batch of grids.
 
     Angles are computed in fp64 (as the official complex table) and rounded once
     to fp32. Padding positions get the identity rotation. Tables are built once
@@ -107,22 +108,24 @@ def rope_tables(grids: Sequence[Sequence[int]], seq_len: int, head_dim: int,
 
 @lru_cache(maxsize=8)
 def _rope_tables(grids: tuple[tuple[int, int, int], ...], seq_len: int, head_dim: int,
-                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+                 device: torch.device) -> torch.Tensor:
     cos = torch.ones(len(grids), seq_len, head_dim // 2, dtype=torch.float64)
     sin = torch.zeros(len(grids), seq_len, head_dim // 2, dtype=torch.float64)
     for i, grid in enumerate(grids):
         ang = _grid_angles(tuple(int(g) for g in grid), head_dim)
         cos[i, :ang.size(0)] = torch.cos(ang)
         sin[i, :ang.size(0)] = torch.sin(ang)
-    return (cos.to(device=device, dtype=torch.float32).unsqueeze(2),
-            sin.to(device=device, dtype=torch.float32).unsqueeze(2))
+    return torch.complex(cos.float(), sin.float()).unsqueeze(2).to(device)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate adjacent channel pairs of ``x [B, L, N, D]`` in fp32; returns fp32."""
-    x = x.float().unflatten(-1, (-1, 2))
-    x0, x1 = x[..., 0], x[..., 1]
-    return torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1).flatten(-2)
+def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+    """Rotate adjacent channel pairs of ``x [B, L, N, D]`` by ``rope`` (complex64) in fp32.
+
+    One complex product per pair: ``(x0 + i x1) (cos + i sin)``, the official
+    rotation in fp32 arithmetic; returns fp32.
+    """
+    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+    return torch.view_as_real(pairs * rope).flatten(-2)
 
 
 # ----------------------------------------------------------------- layers
@@ -135,9 +138,10 @@ class WanRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + self.eps)
-        return xf.type_as(x) * self.weight
+        if x.dtype == self.weight.dtype == torch.float32:  # one fused kernel, same formula
+            return F.rms_norm(x, (x.size(-1),), self.weight, self.eps)
+        normed = F.rms_norm(x.float(), (x.size(-1),), eps=self.eps)
+        return normed.type_as(x) * self.weight
 
 
 class WanLayerNorm(nn.LayerNorm):
@@ -148,6 +152,29 @@ class WanLayerNorm(nn.LayerNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x.float()).type_as(x)
+
+
+def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``x * (1 + scale) + shift`` in fp32, as one fused operation."""
+    return torch.addcmul(shift, x.float(), 1 + scale)
+
+
+class FeedForward(nn.Sequential):
+    """``Linear -> GELU (tanh) -> Linear`` (checkpoint keys ``ffn.0`` and ``ffn.2``).
+
+    At inference the GELU runs in place on the first projection's output, the
+    largest activation of a block, instead of allocating a second one like it.
+    """
+
+    def __init__(self, dim: int, ffn_dim: int):
+        super().__init__(Linear(dim, ffn_dim), nn.GELU(approximate="tanh"), Linear(ffn_dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fc1, act, fc2 = self
+        h = fc1(x)
+        if torch.is_grad_enabled() and h.requires_grad:
+            return fc2(act(h))
+        return fc2(torch.ops.aten.gelu_(h, approximate=act.approximate))
 
 
 class SelfAttention(nn.Module):
@@ -163,20 +190,19 @@ class SelfAttention(nn.Module):
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
         self.window_size = tuple(window_size)
-        self.q = nn.Linear(dim, dim)
-        self.k = nn.Linear(dim, dim)
-        self.v = nn.Linear(dim, dim)
-        self.o = nn.Linear(dim, dim)
+        self.q = Linear(dim, dim)
+        self.k = Linear(dim, dim)
+        self.v = Linear(dim, dim)
+        self.o = Linear(dim, dim)
         self.norm_q = WanRMSNorm(dim, eps) if qk_norm else nn.Identity()
         self.norm_k = WanRMSNorm(dim, eps) if qk_norm else nn.Identity()
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.unflatten(-1, (self.num_heads, self.head_dim))
 
-    def forward(self, x: torch.Tensor, seq_lens: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]
-                ) -> torch.Tensor:
-        q = apply_rope(self._heads(self.norm_q(self.q(x))), *rope)
-        k = apply_rope(self._heads(self.norm_k(self.k(x))), *rope)
+    def forward(self, x: torch.Tensor, seq_lens: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+        q = apply_rope(self._heads(self.norm_q(self.q(x))), rope)
+        k = apply_rope(self._heads(self.norm_k(self.k(x))), rope)
         v = self._heads(self.v(x))
         attend = attention if self.sp is None else self.sp.attention
         out = attend(q, k, v, k_lens=seq_lens, window_size=self.window_size)
@@ -198,8 +224,8 @@ class CrossAttention(SelfAttention):
         self.text_len = text_len
         self.has_image = image
         if image:
-            self.k_img = nn.Linear(dim, dim)
-            self.v_img = nn.Linear(dim, dim)
+            self.k_img = Linear(dim, dim)
+            self.v_img = Linear(dim, dim)
             self.norm_k_img = WanRMSNorm(dim, eps) if qk_norm else nn.Identity()
 
     def context_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -235,12 +261,11 @@ class WanAttentionBlock(nn.Module):
         self.cross_attn = CrossAttention(dim, num_heads, qk_norm, eps, image=image,
                                          text_len=text_len)
         self.norm2 = WanLayerNorm(dim, eps)
-        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(approximate="tanh"),
-                                 nn.Linear(ffn_dim, dim))
+        self.ffn = FeedForward(dim, ffn_dim)
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
 
     def forward(self, x: torch.Tensor, e: torch.Tensor, seq_lens: torch.Tensor,
-                rope: tuple[torch.Tensor, torch.Tensor], context: torch.Tensor,
+                rope: torch.Tensor, context: torch.Tensor,
                 kv_cache: dict | None = None) -> torch.Tensor:
         """``x [B, L, C]`` (fp32 residual stream), ``e [B, 6, C]`` fp32 time modulation.
 
@@ -250,19 +275,16 @@ class WanAttentionBlock(nn.Module):
         with _no_autocast(x.device.type):
             shift1, scale1, gate1, shift2, scale2, gate2 = \
                 (self.modulation.float() + e).chunk(6, dim=1)
-        y = self.self_attn(self.norm1(x).float() * (1 + scale1) + shift1, seq_lens, rope)
-        with _no_autocast(x.device.type):
-            x = x + y.float() * gate1
+        y = self.self_attn(_modulate(self.norm1(x), shift1, scale1), seq_lens, rope)
+        x = torch.addcmul(x, y.float(), gate1)
         kv = None if kv_cache is None else kv_cache.get(self)
         if kv is None:
             kv = self.cross_attn.context_kv(context)
             if kv_cache is not None:
                 kv_cache[self] = kv
         x = x + self.cross_attn(self.norm3(x), kv)
-        y = self.ffn(self.norm2(x).float() * (1 + scale2) + shift2)
-        with _no_autocast(x.device.type):
-            x = x + y.float() * gate2
-        return x
+        y = self.ffn(_modulate(self.norm2(x), shift2, scale2))
+        return torch.addcmul(x, y.float(), gate2)
 
 
 class Head(nn.Module):
@@ -271,14 +293,14 @@ class Head(nn.Module):
     def __init__(self, dim: int, out_dim: int, patch_size: Sequence[int], eps: float = 1e-6):
         super().__init__()
         self.norm = WanLayerNorm(dim, eps)
-        self.head = nn.Linear(dim, math.prod(patch_size) * out_dim)
+        self.head = Linear(dim, math.prod(patch_size) * out_dim)
         self.modulation = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
 
     def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         # The official code runs the head in fp32 (autocast with dtype float32).
         with _no_autocast(x.device.type):
             shift, scale = (self.modulation.float() + e.unsqueeze(1)).chunk(2, dim=1)
-            x = self.norm(x.float()) * (1 + scale) + shift
+            x = _modulate(self.norm(x.float()), shift, scale)
             return F.linear(x, self.head.weight.float(), self.head.bias.float())
 
 
@@ -287,8 +309,8 @@ class MLPProj(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int):
         super().__init__()
-        self.proj = nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, in_dim), nn.GELU(),
-                                  nn.Linear(in_dim, out_dim), nn.LayerNorm(out_dim))
+        self.proj = nn.Sequential(nn.LayerNorm(in_dim), Linear(in_dim, in_dim), nn.GELU(),
+                                  Linear(in_dim, out_dim), nn.LayerNorm(out_dim))
 
     def forward(self, image_embeds: torch.Tensor) -> torch.Tensor:
         return self.proj(image_embeds)
@@ -329,11 +351,11 @@ class WanModel(nn.Module):
 
         self.patch_embedding = nn.Conv3d(in_dim, dim, kernel_size=self.patch_size,
                                          stride=self.patch_size)
-        self.text_embedding = nn.Sequential(nn.Linear(text_dim, dim), nn.GELU(approximate="tanh"),
-                                            nn.Linear(dim, dim))
-        self.time_embedding = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(),
-                                            nn.Linear(dim, dim))
-        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, dim * 6))
+        self.text_embedding = nn.Sequential(Linear(text_dim, dim), nn.GELU(approximate="tanh"),
+                                            Linear(dim, dim))
+        self.time_embedding = nn.Sequential(Linear(freq_dim, dim), nn.SiLU(),
+                                            Linear(dim, dim))
+        self.time_projection = nn.Sequential(nn.SiLU(), Linear(dim, dim * 6))
         self.blocks = nn.ModuleList([
             WanAttentionBlock(dim, ffn_dim, num_heads, window_size, qk_norm, cross_attn_norm,
                               eps, image=image, text_len=text_len) for _ in range(num_layers)
@@ -440,7 +462,7 @@ class WanModel(nn.Module):
                 entry["ctx"] = ctx
         rope = rope_tables(grids, seq_len, self.dim // self.num_heads, self.device)
         if self.sp is not None:
-            tokens, rope = self.sp.scatter(tokens), tuple(self.sp.scatter(r) for r in rope)
+            tokens, rope = self.sp.scatter(tokens), self.sp.scatter(rope)
         for block in self.blocks:
             tokens = block(tokens, e0, seq_lens, rope, ctx, kv_cache=entry)
         out = self.head(tokens, e)

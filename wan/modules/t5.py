@@ -30,6 +30,7 @@ import torch.nn as nn
 
 from ..utils.checkpoint import CheckpointError, load_into_meta_module, load_pth
 from .tokenizers import HuggingfaceTokenizer
+from .linear import Linear
 
 __all__ = ["T5Sizes", "UMT5_XXL", "T5LayerNorm", "T5Attention", "T5FeedForward",
            "T5RelativeEmbedding", "TanhGELU", "T5SelfAttention", "T5Encoder", "T5EncoderModel",
@@ -140,10 +141,10 @@ class T5Attention(nn.Module):
         self.dim_attn = dim_attn
         self.num_heads = num_heads
         self.head_dim = dim_attn // num_heads
-        self.q = nn.Linear(dim, dim_attn, bias=False)
-        self.k = nn.Linear(dim, dim_attn, bias=False)
-        self.v = nn.Linear(dim, dim_attn, bias=False)
-        self.o = nn.Linear(dim_attn, dim, bias=False)
+        self.q = Linear(dim, dim_attn, bias=False)
+        self.k = Linear(dim, dim_attn, bias=False)
+        self.v = Linear(dim, dim_attn, bias=False)
+        self.o = Linear(dim_attn, dim, bias=False)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, L, heads*hd]`` -> ``[B, heads, L, hd]``."""
@@ -190,9 +191,9 @@ class T5FeedForward(nn.Module):
         super().__init__()
         self.dim = dim
         self.dim_ffn = dim_ffn
-        self.gate = nn.Sequential(nn.Linear(dim, dim_ffn, bias=False), TanhGELU())
-        self.fc1 = nn.Linear(dim, dim_ffn, bias=False)
-        self.fc2 = nn.Linear(dim_ffn, dim, bias=False)
+        self.gate = nn.Sequential(Linear(dim, dim_ffn, bias=False), TanhGELU())
+        self.fc1 = Linear(dim, dim_ffn, bias=False)
+        self.fc2 = Linear(dim_ffn, dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.fc1(x) * self.gate(x))
