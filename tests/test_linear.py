@@ -98,3 +98,19 @@ def test_dit_mixed_precision_same_numbers_either_route(tmp_path, monkeypatch):
     assert rel_err(outs["fp32"], ref) < 1.5 * bf16_err
     print(f"bf16 vs fp32 {bf16_err:.2e}, fp32 route vs native bf16 {route_err:.2e}")
     assert route_err < 0.5 * bf16_err, (route_err, bf16_err)
+
+
+def test_dit_t5_and_clip_run_their_matmuls_through_linear(tmp_path):
+    """Every matmul layer of the three transformers is the routed Linear."""
+    import torch.nn as nn
+    from wan.modules.clip import load_image_encoder
+    from wan.modules.t5 import load_t5_encoder
+    from wan.utils.tiny_checkpoint import write_clip, write_t5
+
+    sizes = TinySizes()
+    models = [WanModel.from_pretrained(write_dit(tmp_path / "dit", "i2v", sizes, seed=1)),
+              load_t5_encoder(write_t5(tmp_path / "t5.pth", sizes), torch.float32, "cpu"),
+              load_image_encoder(write_clip(tmp_path / "clip.pth", sizes), torch.float32, "cpu")]
+    for model in models:
+        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        assert linears and all(isinstance(m, Linear) for m in linears), type(model).__name__

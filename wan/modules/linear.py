@@ -81,7 +81,8 @@ class Linear(nn.Linear):
     """``nn.Linear`` (same parameters, same results) with the fp32 route for half GEMMs."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = _half_dtype(x, self.weight)
-        if dtype is not None and fp32_gemm_for(dtype, x.device):
-            return half_linear_in_fp32(x, self.weight, self.bias, dtype)
+        if x.device.type == "cpu":  # the only device the fp32 route is for
+            dtype = _half_dtype(x, self.weight)
+            if dtype is not None and fp32_gemm_for(dtype, x.device):
+                return half_linear_in_fp32(x, self.weight, self.bias, dtype)
         return super().forward(x)
