@@ -26,9 +26,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .attention import HALF_DTYPES
+
 __all__ = ["Linear", "half_linear_in_fp32", "fp32_gemm_for", "cpu_has_half_units"]
 
-HALF_DTYPES = (torch.bfloat16, torch.float16)
 MODES = ("auto", "fp32", "native")
 
 
