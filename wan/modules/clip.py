@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..utils.checkpoint import CheckpointError, load_into_meta_module, load_pth
+from ..utils.checkpoint import CheckpointError, cast_state_dict, load_into_meta_module, load_pth
 from .attention import attention
 from .linear import Linear
 
@@ -225,7 +225,7 @@ def load_image_encoder(checkpoint_path: str | os.PathLike, dtype: torch.dtype,
     kept, skipped = _split_checkpoint(sd, spec)
     log.debug("CLIP: skipped %d checkpoint tensors that the image features never use (%s).",
               sum(skipped.values()), ", ".join(f"{n} {w}" for w, n in skipped.items()))
-    kept = {k: v.to(dtype) if v.is_floating_point() else v for k, v in kept.items()}
+    kept = cast_state_dict(kept, dtype, "CLIP", source)
     with torch.device("meta"):
         model = CLIPImageEncoder(spec)
     load_into_meta_module(model, kept, source, "CLIP image tower", device=device)

@@ -34,7 +34,8 @@ import torch.nn.functional as F
 from .attention import attention
 from .linear import Linear
 
-__all__ = ["WanModel", "cached_context", "sinusoidal_embedding_1d", "rope_tables", "apply_rope", "is_matmul_weight"]
+__all__ = ["WanModel", "cached_context", "sinusoidal_embedding_1d", "rope_tables", "apply_rope", "is_matmul_weight",
+           "dit_dtype_rule"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,27 @@ _MATMUL_WEIGHT = re.compile(
 def is_matmul_weight(name: str) -> bool:
     """True for the DiT tensors that run in the autocast dtype under mixed precision."""
     return _MATMUL_WEIGHT.match(name) is not None
+
+
+def dit_dtype_rule(torch_dtype: torch.dtype | None = None,
+                   matmul_dtype: torch.dtype | None = None):
+    """The DiT's dtype policy: ``matmul_dtype`` for the autocast-region Linear/Conv
+    tensors (when given), ``torch_dtype`` (default fp32) for everything else."""
+    rest = torch_dtype or torch.float32
+
+    def dtype_for(name: str) -> torch.dtype:
+        if matmul_dtype is not None and is_matmul_weight(name):
+            return matmul_dtype
+        return rest
+    return dtype_for
+
+
+def _dtype_note(torch_dtype: torch.dtype | None, matmul_dtype: torch.dtype | None) -> str:
+    if matmul_dtype is None:
+        return ""
+    rest = str(torch_dtype or torch.float32).replace("torch.", "")
+    return (f"norms, modulation, embeddings and the head in {rest} as the official computes "
+            f"them; matmul weights in {str(matmul_dtype).replace('torch.', '')}")
 
 
 # ----------------------------------------------------------------- math
@@ -491,10 +513,13 @@ class WanModel(nn.Module):
         """Load ``config.json`` + safetensors (single file or index + shards) from a folder.
 
         The module is built on the meta device and receives the stored tensors
-        (no random init, no second copy). ``torch_dtype`` converts floating
-        tensors while reading; None keeps the stored dtype. ``matmul_dtype``
-        (e.g. bf16 for the official mixed precision) converts only the Linear and
-        Conv tensors that run under autocast (see :func:`is_matmul_weight`).
+        (no random init, no second copy). Whatever dtype the file stores (fp32,
+        bf16 or fp16), the tensors are converted while reading to
+        ``torch_dtype`` (default fp32, the official parameter dtype), except,
+        when ``matmul_dtype`` is given (e.g. bf16 for the official mixed
+        precision), the Linear and Conv tensors that run under autocast (see
+        :func:`is_matmul_weight`), which take ``matmul_dtype``: norms,
+        modulation, the time MLP and the head stay in ``torch_dtype``.
         ``model_type``, if given, is checked against the checkpoint.
         """
         from ..utils.checkpoint import (CheckpointError, find_safetensors, load_into_meta_module,
@@ -503,12 +528,8 @@ class WanModel(nn.Module):
         folder = require_dir(checkpoint_dir, "DiT checkpoint")
         cfg = read_json(Path(folder) / "config.json", "DiT config")
         files = find_safetensors(folder, "diffusion_pytorch_model", "DiT")
-        def dtype_for(name: str) -> torch.dtype | None:
-            if matmul_dtype is not None and is_matmul_weight(name):
-                return matmul_dtype
-            return torch_dtype
-
-        sd = load_safetensors(files, "DiT", dtype=dtype_for, device=device)
+        sd = load_safetensors(files, "DiT", dtype=dit_dtype_rule(torch_dtype, matmul_dtype),
+                              device=device, note=_dtype_note(torch_dtype, matmul_dtype))
         source = f"'{files[0] if len(files) == 1 else folder}'"
         kwargs = infer_config(cfg, sd, source)
         if model_type is not None and kwargs["model_type"] != model_type:

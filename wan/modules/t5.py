@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from ..utils.checkpoint import CheckpointError, load_into_meta_module, load_pth
+from ..utils.checkpoint import CheckpointError, cast_state_dict, load_into_meta_module, load_pth
 from .tokenizers import HuggingfaceTokenizer
 from .linear import Linear
 
@@ -298,8 +298,8 @@ def load_t5_encoder(checkpoint_path: str | os.PathLike, dtype: torch.dtype = tor
 
     Returns an eval-mode module without gradients, in ``dtype`` on ``device``.
     """
-    sd = load_pth(checkpoint_path, f"{WHAT} checkpoint")
     source = f"'{checkpoint_path}'"
+    sd = cast_state_dict(load_pth(checkpoint_path, f"{WHAT} checkpoint"), dtype, WHAT, source)
     sizes = sizes_from_state_dict(sd, source)
     log.info("%s: %d layers, width %d, %d heads, vocab %d", WHAT, sizes.num_layers, sizes.dim,
              sizes.num_heads, sizes.vocab)

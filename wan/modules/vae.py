@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..utils.checkpoint import CheckpointError, load_into_meta_module, load_pth
+from ..utils.checkpoint import CheckpointError, cast_state_dict, load_into_meta_module, load_pth
 from .attention import attention
 
 __all__ = ["WanVAE", "VideoVAE", "CausalCache", "TilingConfig", "LATENT_MEAN", "LATENT_STD",
@@ -792,7 +792,7 @@ def load_video_vae(path: str | os.PathLike, z_dim: int = 16,
     if file_z_dim != z_dim:
         raise CheckpointError(f"{source} holds a VAE with {file_z_dim} latent channels, "
                               f"but z_dim={z_dim} was asked for.")
-    sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
+    sd = cast_state_dict(sd, torch.float32, "VAE", source, note="the VAE computes in fp32")
     with torch.device("meta"):
         model = VideoVAE(dim=dim, z_dim=z_dim)
     load_into_meta_module(model, sd, source, "Wan2.1 VAE", device)

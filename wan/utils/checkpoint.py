@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 import os
 import pickle
 import re
@@ -33,6 +34,8 @@ __all__ = [
     "load_pth",
     "load_safetensors",
     "find_safetensors",
+    "DtypeRule",
+    "cast_state_dict",
     "check_state_dict",
     "load_into_meta_module",
 ]
@@ -40,6 +43,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 StateDict = dict[str, torch.Tensor]
+# The dtype a model keeps each floating tensor in: one dtype for all, or a function of the
+# tensor's name (None: keep what the file stores).
+DtypeRule = torch.dtype | Callable[[str], torch.dtype | None] | None
 
 
 class CheckpointError(ValueError):
@@ -116,6 +122,58 @@ def load_pth(path: str | os.PathLike, what: str, mmap: bool = True) -> StateDict
     return dict(sd)
 
 
+def _dtype_name(dtype: torch.dtype) -> str:
+    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16",
+            torch.float64: "fp64"}.get(dtype, str(dtype).replace("torch.", ""))
+
+
+class _Caster:
+    """Converts tensors to the dtype the model wants for them and remembers what it did.
+
+    This is the one place where stored dtypes become model dtypes: every loader
+    (DiT, VAE, T5, CLIP) goes through it, so a file saved in fp32, bf16 or fp16
+    gives the model the same dtypes (and, for values the stored dtype holds, the
+    same numbers).
+    """
+
+    def __init__(self, rule: DtypeRule):
+        self.rule = rule
+        self.stored: Counter = Counter()
+        self.converted: Counter = Counter()
+
+    def __call__(self, name: str, t: torch.Tensor) -> torch.Tensor:
+        if not t.is_floating_point():
+            return t
+        self.stored[t.dtype] += 1
+        want = self.rule(name) if callable(self.rule) else self.rule
+        if want is None or want == t.dtype:
+            return t
+        self.converted[(t.dtype, want)] += 1
+        return t.to(want)
+
+    def report(self, what: str, source: str, note: str = "") -> None:
+        """Log once when the file's dtypes differ from those the model uses."""
+        if not self.converted:
+            return
+        stored = "/".join(_dtype_name(d) for d, _ in self.stored.most_common())
+        by_target: Counter = Counter()
+        for (_, dst), n in self.converted.items():
+            by_target[dst] += n
+        done = ", ".join(f"{n} tensors to {_dtype_name(d)}" for d, n in by_target.most_common())
+        log.info("%s %s: weights stored in %s; converted %s%s.", what, source, stored, done,
+                 f" ({note})" if note else "")
+
+
+def cast_state_dict(sd: Mapping[str, torch.Tensor], dtype: DtypeRule, what: str, source: str,
+                    note: str = "") -> StateDict:
+    """``sd`` with every floating tensor in the dtype ``dtype`` gives for it (see
+    :data:`DtypeRule`), whatever dtype it was stored in; logs the conversion once."""
+    cast = _Caster(dtype)
+    out = {k: cast(k, v) for k, v in sd.items()}
+    cast.report(what, source, note)
+    return out
+
+
 def find_safetensors(folder: str | os.PathLike, stem: str, what: str) -> list[Path]:
     """The safetensors files of ``stem`` in ``folder``: one file, or the shards of an index."""
     folder = require_dir(folder, what)
@@ -166,17 +224,19 @@ def _safetensors_header(f, path: Path, what: str) -> tuple[dict, int]:
     return header, data_start
 
 
-def load_safetensors(files: Iterable[str | os.PathLike], what: str,
-                     dtype: torch.dtype | Callable[[str], torch.dtype | None] | None = None,
-                     device: torch.device | str = "cpu") -> StateDict:
+def load_safetensors(files: Iterable[str | os.PathLike], what: str, dtype: DtypeRule = None,
+                     device: torch.device | str = "cpu", note: str = "") -> StateDict:
     """Read safetensors files tensor by tensor with plain reads (no memory map).
 
     Each tensor is read into its own buffer, then converted to ``dtype`` (floating
     tensors only) and moved to ``device``, so the resident memory grows by the
     size of the loaded model plus one tensor, not by twice the file.
-    ``dtype`` may be a function of the tensor name (None keeps the stored dtype).
+    ``dtype`` may be a function of the tensor name (None keeps the stored dtype);
+    a conversion is logged once, with ``note`` saying why.
     """
     sd: StateDict = {}
+    cast = _Caster(dtype)
+    files = list(files)
     for f_path in files:
         path = require_file(f_path, what)
         with open(path, "rb", buffering=0) as f:
@@ -192,11 +252,11 @@ def load_safetensors(files: Iterable[str | os.PathLike], what: str,
                 if end > begin and f.readinto(buf.numpy()) != end - begin:
                     raise CheckpointError(f"{what} '{path}' ended early while reading '{name}': "
                                           f"truncated? Download it again.")
-                t = buf.view(st_dtype).reshape(info["shape"])
-                want = dtype(name) if callable(dtype) else dtype
-                if want is not None and t.is_floating_point() and t.dtype != want:
-                    t = t.to(want)
+                t = cast(name, buf.view(st_dtype).reshape(info["shape"]))
                 sd[name] = t.to(device)
+    if files:
+        more = f" (+{len(files) - 1} more shards)" if len(files) > 1 else ""
+        cast.report(what, f"'{files[0]}'{more}", note)
     return sd
 
 
