@@ -1,9 +1,10 @@
-"""Generate a video or an image with Wan2.1: text-to-video, image-to-video, text-to-image.
+"""Generate a video or an image with Wan: every task of the task table (wan/tasks.py).
 
     python generate.py --task t2v-1.3B --size 832*480 --ckpt_dir ./Wan2.1-T2V-1.3B --prompt "..."
     torchrun --nproc_per_node=8 generate.py --task t2v-14B ... --dit_fsdp --t5_fsdp --ulysses_size 8
 
-argparse -> validation (one-line errors) -> pipeline -> output file + JSON sidecar.
+argparse (flags from the task table) -> validation (one-line errors) -> the task's pipeline ->
+output file + JSON sidecar.
 """
 
 from __future__ import annotations
@@ -15,26 +16,11 @@ import sys
 import time
 from pathlib import Path
 
-EXAMPLE_PROMPT = {
-    "t2v-1.3B": "Two anthropomorphic cats in comfy boxing gear and bright gloves fight intensely "
-                "on a spotlighted stage.",
-    "t2v-14B": "Two anthropomorphic cats in comfy boxing gear and bright gloves fight intensely "
-               "on a spotlighted stage.",
-    "t2i-14B": "一个朴素端庄的美人",
-    "i2v-14B": "Summer beach vacation style, a white cat wearing sunglasses sits on a surfboard. "
-               "The fluffy-furred feline gazes directly at the camera with a relaxed expression. "
-               "Blurred beach scenery forms the background featuring crystal-clear waters, distant "
-               "green hills, and a blue sky dotted with white clouds. The cat assumes a naturally "
-               "relaxed posture, as if savoring the sea breeze and warm sunlight. A close-up shot "
-               "highlights the feline's intricate details and the refreshing atmosphere of the "
-               "seaside.",
-}
-EXAMPLE_IMAGE = str(Path(__file__).resolve().parent / "examples" / "i2v_input.JPG")
-
-# Settings a sidecar stores and --replay restores.
-REPLAY_KEYS = ("task", "size", "frame_num", "prompt", "negative_prompt", "base_seed", "image",
-               "sample_solver", "sample_steps", "sample_shift", "sample_guide_scale", "fps",
-               "vae_tiling")
+# Settings every sidecar stores and --replay restores; each task adds its own inputs and
+# options (see wan/tasks.py: Task.sidecar_keys).
+COMMON_REPLAY_KEYS = ("task", "size", "frame_num", "prompt", "negative_prompt", "base_seed",
+                      "sample_solver", "sample_steps", "sample_shift", "sample_guide_scale", "fps",
+                      "vae_tiling")
 
 log = logging.getLogger("generate")
 
@@ -44,17 +30,18 @@ class UsageError(Exception):
 
 
 def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from wan.configs import WAN_CONFIGS
+    from wan.tasks import TASKS, input_flags, option_flags
     from wan.utils.fm_solvers import SOLVERS
     from wan.utils.utils import str2bool
 
-    p = argparse.ArgumentParser(description="Generate a video or an image with Wan2.1.")
-    p.add_argument("--task", default="t2v-14B", choices=list(WAN_CONFIGS),
-                   help="what to run (default: t2v-14B)")
+    p = argparse.ArgumentParser(description="Generate a video or an image with Wan.")
+    p.add_argument("--task", default="t2v-14B", choices=list(TASKS),
+                   help="what to run (default: t2v-14B; see the README's task table)")
     p.add_argument("--size", default="1280*720",
-                   help="WIDTH*HEIGHT of the output; for i2v, the area (the image sets the aspect)")
+                   help="WIDTH*HEIGHT of the output; for tasks with image inputs, the area (the "
+                        "first image sets the aspect ratio)")
     p.add_argument("--frame_num", type=int, default=None,
-                   help="number of frames, 4n+1 (default 81; 1 for t2i)")
+                   help="number of frames, 4n+1 (default: the task's, 81; 1 for t2i)")
     p.add_argument("--ckpt_dir", default=None, help="the downloaded checkpoint folder")
     p.add_argument("--offload_model", type=str2bool, default=None,
                    help="move each model off the GPU after use to save memory "
@@ -85,12 +72,15 @@ def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prompt_extend_target_lang", default="ch", choices=["ch", "zh", "en"],
                    help="language of the extended prompt (ch and zh are the same)")
     p.add_argument("--base_seed", type=int, default=-1, help="seed (-1: random)")
-    p.add_argument("--image", default=None, help="input image for i2v")
+    for flag, inp in input_flags().items():
+        p.add_argument(f"--{flag}", default=None, metavar="PATH", help=inp.help)
+    for flag, opt in option_flags().items():
+        p.add_argument(f"--{flag}", type=float, default=None, help=opt.help)
     p.add_argument("--sample_solver", default="unipc", choices=list(SOLVERS))
     p.add_argument("--sample_steps", type=int, default=None,
-                   help="denoising steps (default 50; 40 for i2v)")
+                   help="denoising steps (default: the task's; 50, 40 for i2v)")
     p.add_argument("--sample_shift", type=float, default=None,
-                   help="flow shift (default 5.0; 3.0 for i2v at 480P)")
+                   help="flow shift (default: the task's; 5.0, 3.0 for i2v at 480P, 16 for flf2v)")
     p.add_argument("--sample_guide_scale", type=float, default=5.0,
                    help="classifier-free guidance scale")
     p.add_argument("--device", default=None,
@@ -101,6 +91,14 @@ def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def replay_keys(task_name: str) -> tuple[str, ...]:
+    """The settings a sidecar of ``task_name`` stores and ``--replay`` restores."""
+    from wan.tasks import TASKS
+
+    task = TASKS.get(task_name)
+    return COMMON_REPLAY_KEYS + (task.sidecar_keys() if task else ())
+
+
 def _apply_replay(args: argparse.Namespace) -> None:
     from wan.utils.io import read_sidecar
 
@@ -108,41 +106,87 @@ def _apply_replay(args: argparse.Namespace) -> None:
         data = read_sidecar(args.replay)
     except (FileNotFoundError, ValueError) as e:
         raise UsageError(str(e)) from None
-    for key in REPLAY_KEYS:
-        if key in data:
+    for key in replay_keys(data.get("task", args.task)):
+        if key in data and not key.endswith("_sha256"):
             setattr(args, key, data[key])
     if args.ckpt_dir is None:
         args.ckpt_dir = data.get("ckpt_dir")
     args.use_prompt_extend = False  # the sidecar holds the prompt as it was used
 
 
-def _validate(args: argparse.Namespace, world_size: int) -> None:
-    """Fill defaults as the official script does and reject bad input with one clear line."""
-    from wan.configs import SUPPORTED_SIZES
+def _flags(names) -> str:
+    return ", ".join(f"--{n}" for n in names)
 
-    is_i2v, is_t2i = args.task.startswith("i2v"), args.task.startswith("t2i")
+
+def _validate_inputs(task, args: argparse.Namespace) -> None:
+    """The task's input files and options: given where needed, nowhere else, readable paths."""
+    from wan.tasks import input_flags, option_flags
+
+    takes = [i.flag for i in task.inputs] + [o.flag for o in task.options]
+    for flag in list(input_flags()) + list(option_flags()):
+        if getattr(args, flag) is not None and task.input(flag) is None and \
+                flag not in (o.flag for o in task.options):
+            what = f"it takes {_flags(takes)}" if takes else "it takes only --prompt"
+            raise UsageError(f"task {task.name} takes no --{flag}; {what}")
+    groups: dict[str, list] = {}
+    for inp in task.inputs:
+        if inp.group:
+            groups.setdefault(inp.group, []).append(inp)
+    for members in groups.values():
+        given = [i.flag for i in members if getattr(args, i.flag) is not None]
+        if given and len(given) < len(members):
+            missing = [i.flag for i in members if i.flag not in given]
+            raise UsageError(f"--{given[0]} needs {_flags(missing)} too (task {task.name} "
+                             f"takes {_flags(i.flag for i in members)} together)")
+    for inp in task.inputs:
+        path = getattr(args, inp.flag)
+        if path is None and inp.required:
+            path = str(inp.example_path)
+            setattr(args, inp.flag, path)
+        if path is not None and not Path(path).is_file():
+            label = "input image" if inp.flag == "image" else f"--{inp.flag} {inp.kind}"
+            raise UsageError(f"{label} not found: '{path}'")
+    for opt in task.options:
+        value = getattr(args, opt.flag)
+        if value is not None and getattr(args, opt.needs) is None:
+            raise UsageError(f"--{opt.flag} applies to --{opt.needs}, which is not given")
+        if value is None and getattr(args, opt.needs) is not None:
+            value = opt.default
+            setattr(args, opt.flag, value)
+        if value is not None and not opt.low < value <= opt.high:
+            raise UsageError(f"--{opt.flag} must be in ({opt.low:g}, {opt.high:g}], got {value:g}")
+
+
+def _validate(args: argparse.Namespace, world_size: int) -> None:
+    """Fill the task's defaults as the official script does; reject bad input with one line."""
+    from wan.tasks import get_task
+
+    task = get_task(args.task)
     if args.ckpt_dir is None:
         raise UsageError("--ckpt_dir is required: the folder of the downloaded checkpoint "
                          "(see README, 'Model download')")
     if not Path(args.ckpt_dir).is_dir():
         raise UsageError(f"checkpoint folder not found: '{args.ckpt_dir}' (download it, or fix "
                          f"--ckpt_dir)")
-    if args.size not in SUPPORTED_SIZES[args.task]:
+    if args.size not in task.sizes:
         raise UsageError(f"unsupported size {args.size} for task {args.task}; supported sizes: "
-                         f"{', '.join(SUPPORTED_SIZES[args.task])}")
+                         f"{', '.join(task.sizes)}")
+    _validate_inputs(task, args)
+    if args.frame_num is None and getattr(args, "src_video", None) is not None:
+        args.frame_num = _source_video_frames(args)
     if args.frame_num is None:
-        args.frame_num = 1 if is_t2i else 81
-    if is_t2i and args.frame_num != 1:
+        args.frame_num = task.frames
+    if task.is_image and args.frame_num != 1:
         raise UsageError(f"task {args.task} makes one image: --frame_num must be 1, "
                          f"got {args.frame_num}")
     if args.frame_num < 1 or (args.frame_num - 1) % 4:
         raise UsageError(f"--frame_num must be 4n+1 (1, 5, 9, ..., 81), got {args.frame_num}")
     if args.sample_steps is None:
-        args.sample_steps = 40 if is_i2v else 50
+        args.sample_steps = task.steps
     if args.sample_steps < 1:
         raise UsageError(f"--sample_steps must be at least 1, got {args.sample_steps}")
     if args.sample_shift is None:
-        args.sample_shift = 3.0 if is_i2v and args.size in ("832*480", "480*832") else 5.0
+        args.sample_shift = task.default_shift(args.size)
     if args.sample_shift <= 0:
         raise UsageError(f"--sample_shift must be > 0, got {args.sample_shift}")
     if args.sample_guide_scale < 0:
@@ -165,26 +209,76 @@ def _validate(args: argparse.Namespace, world_size: int) -> None:
     if args.t5_fsdp and args.t5_cpu:
         raise UsageError("--t5_fsdp and --t5_cpu exclude each other")
     if args.prompt is None:
-        args.prompt = EXAMPLE_PROMPT[args.task]
+        args.prompt = task.example_prompt
     if not args.prompt.strip():
         raise UsageError("--prompt is empty: describe what to generate")
-    if is_i2v:
-        if args.image is None:
-            args.image = EXAMPLE_IMAGE
-        if not Path(args.image).is_file():
-            raise UsageError(f"input image not found: '{args.image}'")
     if args.offload_model is None:
         args.offload_model = world_size == 1
 
 
-def _load_image(path: str):
+def _read_source_video(path: str):
+    """The frames of a source clip (read once; kept for the run)."""
+    from wan.utils.io import read_video
+
+    cached = _SOURCE_FRAMES.get(path)
+    if cached is None:
+        try:
+            cached = _SOURCE_FRAMES[path] = read_video(path)[0]
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+    return cached
+
+
+_SOURCE_FRAMES: dict = {}
+
+
+def _source_video_frames(args: argparse.Namespace) -> int:
+    """Default --frame_num for a source clip: its largest 4n+1 frames, at most 81."""
+    from wan.utils.io import default_v2v_frames
+
+    return default_v2v_frames(len(_read_source_video(args.src_video)))
+
+
+def _load_image(path: str, what: str = "the input image"):
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
             return im.convert("RGB")
     except (UnidentifiedImageError, OSError) as e:
-        raise UsageError(f"cannot read the input image '{path}': {e}") from None
+        raise UsageError(f"cannot read {what} '{path}': {e}") from None
+
+
+def _load_video(path: str, args: argparse.Namespace):
+    """The source clip as ``[3, frame_num, H, W]`` in [-1, 1] at the output size."""
+    from wan.configs import SIZE_CONFIGS
+    from wan.utils.io import fit_video
+
+    frames = _read_source_video(path)
+    _SOURCE_FRAMES.pop(path, None)
+    if len(frames) < args.frame_num:
+        raise UsageError(f"--src_video '{path}' has {len(frames)} frames but --frame_num is "
+                         f"{args.frame_num}: pass a longer clip or a smaller --frame_num")
+    width, height = SIZE_CONFIGS[args.size]
+    return fit_video(frames[:args.frame_num], width, height)
+
+
+def load_inputs(task, args: argparse.Namespace) -> dict:
+    """The task's inputs as the pipeline takes them: ``{generate() keyword: value}``."""
+    out = {}
+    for inp in task.inputs:
+        path = getattr(args, inp.flag)
+        if path is None:
+            continue
+        if inp.kind == "image":
+            what = "the input image" if inp.flag == "image" else f"the --{inp.flag} image"
+            out[inp.param] = _load_image(path, what)
+        else:
+            out[inp.param] = _load_video(path, args)
+    for opt in task.options:
+        if getattr(args, opt.needs) is not None:
+            out[opt.param] = getattr(args, opt.flag)
+    return out
 
 
 def _init_logging(rank: int) -> None:
@@ -210,7 +304,7 @@ def _device(args: argparse.Namespace, local_rank: int):
     return torch.device("cpu")
 
 
-def _extend_prompt(args, image, rank: int) -> str:
+def _extend_prompt(args, image, is_vl: bool, rank: int) -> str:
     """Prompt extension on rank 0 (falls back to the original prompt on any failure)."""
     if rank != 0:
         return args.prompt
@@ -221,7 +315,7 @@ def _extend_prompt(args, image, rank: int) -> str:
         return args.prompt
     try:
         expander = make_prompt_expander(args.prompt_extend_method, args.prompt_extend_model,
-                                        is_vl=args.task.startswith("i2v"),
+                                        is_vl=is_vl,
                                         device=args.device_obj)
     except Exception as e:  # noqa: BLE001 - e.g. DASH_API_KEY missing: go on without it
         log.warning("Prompt extension is unavailable (%s); using the original prompt.", e)
@@ -237,13 +331,12 @@ def _extend_prompt(args, image, rank: int) -> str:
 
 
 def generate(args: argparse.Namespace) -> Path | None:
-    import torch
     import torch.distributed as dist
 
-    import wan
-    from wan.configs import MAX_AREA_CONFIGS, SIZE_CONFIGS, WAN_CONFIGS
+    from wan.configs import MAX_AREA_CONFIGS, SIZE_CONFIGS
     from wan.sampling import resolve_seed
-    from wan.utils.io import default_save_file, save_image, save_video, write_sidecar
+    from wan.tasks import get_task
+    from wan.utils.io import default_save_file, save_image, save_video, sha256_file, write_sidecar
 
     rank = int(os.getenv("RANK", 0))
     world_size = int(os.getenv("WORLD_SIZE", 1))
@@ -252,9 +345,10 @@ def generate(args: argparse.Namespace) -> Path | None:
     if args.replay:
         _apply_replay(args)
     _validate(args, world_size)
+    task = get_task(args.task)
     device = _device(args, local_rank)
     args.device_obj = device
-    cfg = WAN_CONFIGS[args.task]
+    cfg = task.config
     if args.ulysses_size > 1 and cfg.num_heads % args.ulysses_size:
         raise UsageError(f"the model has {cfg.num_heads} attention heads, which --ulysses_size "
                          f"{args.ulysses_size} does not divide")
@@ -269,10 +363,11 @@ def generate(args: argparse.Namespace) -> Path | None:
         dist.broadcast_object_list(seed, src=0)
         args.base_seed = seed[0]
 
-    image = _load_image(args.image) if args.task.startswith("i2v") else None
+    inputs = load_inputs(task, args)
     original_prompt = args.prompt
     if args.use_prompt_extend:
-        prompt = [_extend_prompt(args, image, rank)]
+        images = [inputs[i.param] for i in task.image_inputs if i.param in inputs]
+        prompt = [_extend_prompt(args, images[0] if images else None, bool(images), rank)]
         if world_size > 1:
             dist.broadcast_object_list(prompt, src=0)
         args.prompt = prompt[0]
@@ -282,38 +377,36 @@ def generate(args: argparse.Namespace) -> Path | None:
     log.info("Prompt: %s", args.prompt)
 
     t0 = time.perf_counter()
-    common = dict(config=cfg, checkpoint_dir=args.ckpt_dir, device_id=device, rank=rank,
-                  t5_fsdp=args.t5_fsdp, dit_fsdp=args.dit_fsdp,
-                  use_usp=args.ulysses_size > 1 or args.ring_size > 1, t5_cpu=args.t5_cpu,
-                  dit_offload_blocks=args.dit_offload_blocks)
-    sampling = dict(frame_num=args.frame_num, shift=args.sample_shift,
-                    sample_solver=args.sample_solver, sampling_steps=args.sample_steps,
-                    guide_scale=args.sample_guide_scale, n_prompt=args.negative_prompt,
-                    seed=args.base_seed, offload_model=args.offload_model)
-    if args.task.startswith("i2v"):
-        pipe = wan.WanI2V(**common)
-        pipe.vae.tiling = args.vae_tiling
-        video = pipe.generate(args.prompt, image, max_area=MAX_AREA_CONFIGS[args.size], **sampling)
-    else:
-        pipe = wan.WanT2V(**common)
-        pipe.vae.tiling = args.vae_tiling
-        video = pipe.generate(args.prompt, size=SIZE_CONFIGS[args.size], **sampling)
+    pipe = task.pipeline_class()(
+        config=cfg, checkpoint_dir=args.ckpt_dir, device_id=device, rank=rank,
+        t5_fsdp=args.t5_fsdp, dit_fsdp=args.dit_fsdp,
+        use_usp=args.ulysses_size > 1 or args.ring_size > 1, t5_cpu=args.t5_cpu,
+        dit_offload_blocks=args.dit_offload_blocks)
+    pipe.vae.tiling = args.vae_tiling
+    area = {"max_area": MAX_AREA_CONFIGS[args.size]} if task.size_is_area else \
+        {"size": SIZE_CONFIGS[args.size]}
+    video = pipe.generate(args.prompt, **inputs, **area, frame_num=args.frame_num,
+                          shift=args.sample_shift, sample_solver=args.sample_solver,
+                          sampling_steps=args.sample_steps, guide_scale=args.sample_guide_scale,
+                          n_prompt=args.negative_prompt, seed=args.base_seed,
+                          offload_model=args.offload_model)
 
     if rank != 0:
         return None
     save_file = args.save_file or default_save_file(args.task, args.size, args.ulysses_size,
                                                     args.ring_size, args.prompt)
     fps = args.fps or cfg.sample_fps
-    if args.task.startswith("t2i"):
-        out = save_image(video[:, 0], save_file)
-    else:
-        out = save_video(video, save_file, fps=fps)
-    settings = {k: getattr(args, k) for k in REPLAY_KEYS}
+    out = save_image(video[:, 0], save_file) if task.is_image else \
+        save_video(video, save_file, fps=fps)
+    settings = {k: getattr(args, k, None) for k in replay_keys(task.name)}
+    for inp in task.inputs:
+        path = getattr(args, inp.flag)
+        settings[inp.flag] = str(Path(path).resolve()) if path else None
+        settings[f"{inp.flag}_sha256"] = sha256_file(path) if path else None
     settings.update(fps=fps, negative_prompt=args.negative_prompt or cfg.sample_neg_prompt,
                     ckpt_dir=str(Path(args.ckpt_dir).resolve()), device=str(device),
                     offload_model=args.offload_model, t5_cpu=args.t5_cpu,
                     ulysses_size=args.ulysses_size, ring_size=args.ring_size,
-                    image=str(Path(args.image).resolve()) if args.image else None,
                     seconds=round(time.perf_counter() - t0, 2))
     if args.use_prompt_extend:
         settings.update(original_prompt=original_prompt,

@@ -5,8 +5,9 @@ port). Debian's Chromium, driven by Playwright, types a prompt, clicks the butto
 the result; the same flow then goes through ``gradio_client``. Bad input must show its message
 in the page, and the next good request must still work.
 
-Chromium is required: CI installs it (``.ci/run``), so a missing browser fails these tests
-instead of skipping them. ``WAN_GRADIO_SCREENSHOT=assets/gradio_screenshot.png`` also writes the
+Chromium is required: the README's test command (``bash tests/run.sh``, which ``.ci/run``
+calls) installs it where apt-get is available, so a missing browser fails these tests instead of
+skipping them. ``WAN_GRADIO_SCREENSHOT=assets/gradio_screenshot.png`` also writes the
 README's screenshot.
 """
 
@@ -167,8 +168,9 @@ def demos(t2v_ckpt, i2v_ckpt, qwen_dir, tmp_path_factory) -> dict[str, DemoServe
 def browser_context():
     """A real headless Chromium (Debian's package) with a fresh profile."""
     if not Path(CHROMIUM).is_file():
-        pytest.fail(f"Chromium not found at {CHROMIUM}: install it (apt-get install chromium); "
-                    f"CI installs it in .ci/run")
+        pytest.fail(f"Chromium not found at {CHROMIUM}: run the tests with `bash tests/run.sh` "
+                    f"(installs it where apt-get is available), or install it yourself "
+                    f"(Debian/Ubuntu: apt-get install chromium) or set WAN_CHROMIUM to its path")
     from playwright.sync_api import sync_playwright
 
     profile = tempfile.mkdtemp(prefix="wan-chromium-")
