@@ -38,3 +38,10 @@ def i2v_ckpt(tmp_path_factory):
     """A miniature I2V checkpoint folder in the official layout (shared by the tests)."""
     from wan.utils.tiny_checkpoint import make_checkpoint
     return make_checkpoint(tmp_path_factory.mktemp("tiny_i2v"), "i2v-14B", seed=12)
+
+
+@pytest.fixture(scope="session")
+def flf2v_ckpt(tmp_path_factory):
+    """A miniature FLF2V checkpoint folder in the official layout (shared by the tests)."""
+    from wan.utils.tiny_checkpoint import make_checkpoint
+    return make_checkpoint(tmp_path_factory.mktemp("tiny_flf2v"), "flf2v-14B", seed=13)

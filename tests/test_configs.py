@@ -7,7 +7,8 @@ from wan.configs import MAX_AREA_CONFIGS, SIZE_CONFIGS, SUPPORTED_SIZES, WAN_CON
 
 def test_dims_table_of_the_release():
     expected = {"t2v-1.3B": (1536, 8960, 12, 30), "t2v-14B": (5120, 13824, 40, 40),
-                "i2v-14B": (5120, 13824, 40, 40), "t2i-14B": (5120, 13824, 40, 40)}
+                "i2v-14B": (5120, 13824, 40, 40), "t2i-14B": (5120, 13824, 40, 40),
+                "flf2v-14B": (5120, 13824, 40, 40)}
     for task, (dim, ffn, heads, layers) in expected.items():
         c = WAN_CONFIGS[task]
         assert (c.dim, c.ffn_dim, c.num_heads, c.num_layers) == (dim, ffn, heads, layers)
@@ -38,3 +39,16 @@ def test_size_tables():
     assert set(SUPPORTED_SIZES["t2v-14B"]) == {"720*1280", "1280*720", "480*832", "832*480"}
     assert SUPPORTED_SIZES["i2v-14B"] == SUPPORTED_SIZES["t2v-14B"]
     assert set(SUPPORTED_SIZES["t2i-14B"]) == set(SIZE_CONFIGS)
+
+
+def test_flf2v_config_is_the_i2v_one_with_its_own_defaults():
+    flf, i2v = WAN_CONFIGS["flf2v-14B"], WAN_CONFIGS["i2v-14B"]
+    assert flf is not i2v and flf.__name__ == "Config: Wan FLF2V 14B"
+    assert flf.sample_neg_prompt == "镜头切换，" + i2v.sample_neg_prompt
+    assert flf.sample_neg_prompt.startswith("镜头切换，镜头晃动，色调艳丽")
+    for key in ("clip_model", "clip_dtype", "clip_checkpoint", "clip_tokenizer", "t5_checkpoint",
+                "vae_checkpoint", "dim", "ffn_dim", "num_heads", "num_layers", "param_dtype"):
+        assert flf[key] == i2v[key], key
+    assert (flf.sample_steps, flf.sample_shift, flf.sample_guide_scale) == (50, 16.0, 5.0)
+    assert i2v.sample_steps == 40 and i2v.sample_shift == 5.0  # the copy changed nothing there
+    assert set(SUPPORTED_SIZES["flf2v-14B"]) == {"720*1280", "1280*720", "480*832", "832*480"}

@@ -21,14 +21,17 @@ def diffusers_model(folder, model_type):
 
     sd = load_file(folder / "diffusion_pytorch_model.safetensors")
     converted = convert_wan_transformer_to_diffusers(dict(sd))
-    i2v = model_type == "i2v"
+    i2v = model_type in ("i2v", "flf2v")
+    flf2v = model_type == "flf2v"
+    if flf2v:  # the one FLF2V tensor diffusers' converter does not rename
+        converted["condition_embedder.image_embedder.pos_embed"] = converted.pop("img_emb.emb_pos")
     model = WanTransformer3DModel(
         patch_size=(1, 2, 2), num_attention_heads=SIZES.num_heads,
         attention_head_dim=SIZES.dim // SIZES.num_heads, in_channels=36 if i2v else 16,
         out_channels=16, text_dim=SIZES.t5_dim, freq_dim=SIZES.freq_dim, ffn_dim=SIZES.ffn_dim,
         num_layers=SIZES.num_layers, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
         eps=1e-6, image_dim=SIZES.clip_width if i2v else None,
-        added_kv_proj_dim=SIZES.dim if i2v else None)
+        added_kv_proj_dim=SIZES.dim if i2v else None, pos_embed_seq_len=514 if flf2v else None)
     missing, unexpected = model.load_state_dict(converted, strict=True)
     return model.eval()
 

@@ -24,7 +24,14 @@ def fp32_config(task):
 
 def diffusers_pipeline(ckpt, steps, shift):
     """diffusers' WanPipeline assembled from the same official-format files."""
-    from diffusers import UniPCMultistepScheduler, WanPipeline
+    from diffusers import WanPipeline
+
+    return WanPipeline(**diffusers_components(ckpt, shift, "t2v"))
+
+
+def diffusers_components(ckpt, shift, model_type):
+    """Tokenizer, umT5, DiT, VAE and the official UniPC grid for a diffusers Wan pipeline."""
+    from diffusers import UniPCMultistepScheduler
     from transformers import AutoTokenizer
 
     from test_model import diffusers_model
@@ -45,10 +52,10 @@ def diffusers_pipeline(ckpt, steps, shift):
         return original(sigmas=official_grid("unipc", num_inference_steps, shift), device=device)
 
     scheduler.set_timesteps = MethodType(set_official_grid, scheduler)
-    return WanPipeline(tokenizer=AutoTokenizer.from_pretrained(ckpt / cfg.t5_tokenizer),
-                       text_encoder=hf_reference(to_hf_names(t5_sd)),
-                       transformer=diffusers_model(ckpt, "t2v"),
-                       vae=diffusers_vae(ckpt / cfg.vae_checkpoint, 8), scheduler=scheduler)
+    return dict(tokenizer=AutoTokenizer.from_pretrained(ckpt / cfg.t5_tokenizer),
+                text_encoder=hf_reference(to_hf_names(t5_sd)),
+                transformer=diffusers_model(ckpt, model_type),
+                vae=diffusers_vae(ckpt / cfg.vae_checkpoint, 8), scheduler=scheduler)
 
 
 def test_t2v_matches_diffusers_wan_pipeline(t2v_ckpt):

@@ -1,6 +1,7 @@
-"""Wan2.1 video generation: text-to-video, image-to-video and text-to-image.
+"""Wan2.1 video generation: text-to-video, image-to-video, first-last-frame-to-video and
+text-to-image.
 
-The pipelines ``WanT2V`` and ``WanI2V`` keep the official names and signatures.
+The pipelines ``WanT2V``, ``WanI2V`` and ``WanFLF2V`` keep the official names and signatures.
 They are imported on first use so that ``import wan`` stays light.
 """
 
@@ -11,12 +12,13 @@ __version__ = "0.1.0"
 _LAZY = {
     "WanT2V": ("wan.text2video", "WanT2V"),
     "WanI2V": ("wan.image2video", "WanI2V"),
+    "WanFLF2V": ("wan.first_last_frame2video", "WanFLF2V"),
     "modules": ("wan.modules", None),
     "distributed": ("wan.distributed", None),
     "utils": ("wan.utils", None),
 }
 
-__all__ = ["WanT2V", "WanI2V", "configs", "__version__"]
+__all__ = ["WanT2V", "WanI2V", "WanFLF2V", "configs", "__version__"]
 
 
 def __getattr__(name):

@@ -14,7 +14,7 @@ from .modules.clip import CLIPModel
 from .pipeline import WanPipelineBase, stage
 from .sampling import Conditioning
 
-__all__ = ["WanI2V", "i2v_latent_size", "first_frame_mask"]
+__all__ = ["WanI2V", "i2v_latent_size", "first_frame_mask", "frame_mask", "image_to_tensor"]
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +33,25 @@ def i2v_latent_size(img_h: int, img_w: int, max_area: int, vae_stride: tuple[int
     return lat_h, lat_w
 
 
-def first_frame_mask(frame_num: int, lat_h: int, lat_w: int, device: torch.device) -> torch.Tensor:
-    """``[4, (F-1)/4+1, lat_h, lat_w]`` mask: 1 on the (4x repeated) first frame, 0 elsewhere.
+def frame_mask(frame_num: int, lat_h: int, lat_w: int, device: torch.device,
+               last: bool = False) -> torch.Tensor:
+    """``[4, (F-1)/4+1, lat_h, lat_w]`` mask: 1 on the given frames (the first, and the last
+    with ``last``), 0 elsewhere.
 
-    The first video frame is repeated four times so that the F+3 frames fold
-    into groups of four, one group per latent frame.
+    The per-video-frame mask has its first frame repeated four times so that
+    the F+3 frames fold into groups of four, one group per latent frame (the
+    official recipe); the last video frame is the last of the last group.
     """
     per_frame = torch.zeros(frame_num + 3, lat_h, lat_w, device=device)
     per_frame[:4] = 1
+    if last:
+        per_frame[-1] = 1
     return per_frame.view(-1, 4, lat_h, lat_w).transpose(0, 1).contiguous()
+
+
+def first_frame_mask(frame_num: int, lat_h: int, lat_w: int, device: torch.device) -> torch.Tensor:
+    """The i2v mask: 1 on the (4x repeated) first frame, 0 elsewhere (see :func:`frame_mask`)."""
+    return frame_mask(frame_num, lat_h, lat_w, device)
 
 
 def image_to_tensor(img) -> torch.Tensor:
@@ -87,7 +97,23 @@ class WanI2V(WanPipelineBase):
         The output keeps the image's aspect ratio with about ``max_area`` pixels.
         """
         self.check_sampling_args(frame_num, sample_solver, sampling_steps, guide_scale, shift)
-        image = image_to_tensor(img).to(self.device)
+        return self._generate_from_frames(
+            input_prompt, [image_to_tensor(img)], max_area, frame_num, shift, sample_solver,
+            sampling_steps, guide_scale, n_prompt, seed, offload_model, on_step)
+
+    def _generate_from_frames(self, input_prompt: str, images: list[torch.Tensor], max_area: int,
+                              frame_num: int, shift: float, sample_solver: str,
+                              sampling_steps: int, guide_scale: float, n_prompt: str, seed: int,
+                              offload_model: bool, on_step) -> torch.Tensor | None:
+        """Generate conditioned on the first frame (i2v) or on the first and the last (flf2v).
+
+        ``images`` are ``[3, H, W]`` tensors in [-1, 1]; the output size follows
+        the first one's aspect ratio. The CLIP features of all of them are
+        concatenated along tokens (``[1, 257 * len(images), clip_dim]``) and
+        ``y`` holds the mask and the VAE latents of the frames placed first and
+        last among zeros (the official recipe of both tasks).
+        """
+        image = images[0].to(self.device)
         lat_h, lat_w = i2v_latent_size(image.shape[1], image.shape[2], max_area, self.vae_stride,
                                        self.patch_size)
         h, w = lat_h * self.vae_stride[1], lat_w * self.vae_stride[2]
@@ -96,15 +122,18 @@ class WanI2V(WanPipelineBase):
         n_prompt = n_prompt or self.sample_neg_prompt
 
         noise = self.prepare_noise(shape, seed)
-        mask = first_frame_mask(frame_num, lat_h, lat_w, self.device)
+        mask = frame_mask(frame_num, lat_h, lat_w, self.device, last=len(images) > 1)
         context, context_null = self.encode_text([input_prompt, n_prompt], offload_model)
 
         self._activate("clip", offload_model)
         with stage("image encoding"), torch.no_grad():
             # fp32 holds the half-precision features exactly (the DiT normalises them in fp32).
-            clip_fea = self.clip.visual([image[:, None]]).float()
-            first = F.interpolate(image[None].cpu(), size=(h, w), mode="bicubic").transpose(0, 1)
-            frames = torch.cat([first, torch.zeros(3, frame_num - 1, h, w)], dim=1)
+            clip_fea = self.clip.visual([u.to(self.device)[:, None] for u in images]).float()
+            clip_fea = clip_fea.reshape(1, -1, clip_fea.size(-1))
+            resized = [F.interpolate(u[None].cpu(), size=(h, w), mode="bicubic").transpose(0, 1)
+                       for u in images]
+            frames = torch.cat([resized[0], torch.zeros(3, frame_num - len(images), h, w),
+                                *resized[1:]], dim=1)
             self._activate("vae", offload_model)
             y = torch.cat([mask, self.vae.encode([frames.to(self.device)])[0]])
 

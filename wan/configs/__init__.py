@@ -5,6 +5,7 @@ import os
 
 os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
 
+from .wan_flf2v_14B import flf2v_14B
 from .wan_i2v_14B import i2v_14B
 from .wan_t2v_1_3B import t2v_1_3B
 from .wan_t2v_14B import t2v_14B
@@ -19,6 +20,7 @@ WAN_CONFIGS = {
     't2v-1.3B': t2v_1_3B,
     'i2v-14B': i2v_14B,
     't2i-14B': t2i_14B,
+    'flf2v-14B': flf2v_14B,
 }
 
 # "W*H" -> (width, height)
@@ -42,7 +44,9 @@ SUPPORTED_SIZES = {
     't2v-1.3B': ('480*832', '832*480'),
     'i2v-14B': ('720*1280', '1280*720', '480*832', '832*480'),
     't2i-14B': tuple(SIZE_CONFIGS.keys()),
+    # trained for 720P; the 480P sizes are allowed as in the official table
+    'flf2v-14B': ('720*1280', '1280*720', '480*832', '832*480'),
 }
 
 __all__ = ['WAN_CONFIGS', 'SIZE_CONFIGS', 'MAX_AREA_CONFIGS', 'SUPPORTED_SIZES',
-           't2v_14B', 't2v_1_3B', 'i2v_14B', 't2i_14B']
+           't2v_14B', 't2v_1_3B', 'i2v_14B', 't2i_14B', 'flf2v_14B']

@@ -1,4 +1,4 @@
-"""The Wan2.1 diffusion transformer (DiT) for text-to-video and image-to-video.
+"""The Wan2.1 diffusion transformer (DiT) for text-, image- and first-last-frame-to-video.
 
 Structure (parameter names are those of the official checkpoints):
 
@@ -9,7 +9,8 @@ Structure (parameter names are those of the official checkpoints):
   adds its own learned ``modulation`` bias;
 * ``blocks``: modulated self-attention (RMSNorm on q/k, 3-axis RoPE),
   cross-attention on the text (and, for i2v, a second key/value pair over the
-  257 CLIP image tokens), modulated GELU-tanh feed-forward;
+  257 CLIP image tokens; for flf2v over the 2 x 257 tokens of the first and the
+  last frame), modulated GELU-tanh feed-forward;
 * ``head``: two-vector modulated projection back to patches, then unpatchify.
 
 Modulation and the residual stream are computed in fp32, as in the official
@@ -34,12 +35,14 @@ import torch.nn.functional as F
 from .attention import attention
 from .linear import Linear
 
-__all__ = ["WanModel", "cached_context", "sinusoidal_embedding_1d", "rope_tables", "apply_rope", "is_matmul_weight",
-           "dit_dtype_rule"]
+__all__ = ["WanModel", "cached_context", "sinusoidal_embedding_1d", "rope_tables", "apply_rope",
+           "is_matmul_weight", "dit_dtype_rule", "MODEL_TYPES"]
 
 log = logging.getLogger(__name__)
 
 CLIP_TOKENS = 257
+MODEL_TYPES = ("t2v", "i2v", "flf2v")
+IMAGE_MODEL_TYPES = ("i2v", "flf2v")  # the types with CLIP image tokens (img_emb, k_img/v_img)
 
 # Linear/Conv tensors that the official code runs under bf16 autocast. Storing exactly
 # these in bf16 gives the same arithmetic as autocast (which rounds them the same way at
@@ -327,20 +330,37 @@ class Head(nn.Module):
 
 
 class MLPProj(nn.Module):
-    """Projection of the CLIP image tokens into the model width (i2v)."""
+    """Projection of the CLIP image tokens into the model width (i2v, flf2v).
 
-    def __init__(self, in_dim: int, out_dim: int):
+    With ``emb_pos`` (the number of image tokens; flf2v: 2 x 257 for the first
+    and the last frame) a learned position table ``emb_pos [1, emb_pos, in_dim]``
+    is added to the tokens before the projection, as in the official model.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, emb_pos: int | None = None):
         super().__init__()
         self.proj = nn.Sequential(nn.LayerNorm(in_dim), Linear(in_dim, in_dim), nn.GELU(),
                                   Linear(in_dim, out_dim), nn.LayerNorm(out_dim))
+        if emb_pos is not None:
+            self.emb_pos = nn.Parameter(torch.zeros(1, emb_pos, in_dim))
 
     def forward(self, image_embeds: torch.Tensor) -> torch.Tensor:
+        pos = getattr(self, "emb_pos", None)
+        if pos is not None:
+            if image_embeds.size(1) != pos.size(1):
+                raise ValueError(f"the flf2v model takes {pos.size(1)} CLIP tokens per sample "
+                                 f"(first then last frame), got {image_embeds.size(1)}")
+            image_embeds = image_embeds + pos
         return self.proj(image_embeds)
 
 
 # ----------------------------------------------------------------- model
 class WanModel(nn.Module):
-    """The Wan2.1 DiT (``model_type`` ``'t2v'`` or ``'i2v'``)."""
+    """The Wan2.1 DiT (``model_type`` ``'t2v'``, ``'i2v'`` or ``'flf2v'``).
+
+    ``'flf2v'`` is the i2v model plus the position table ``img_emb.emb_pos``
+    over the CLIP tokens of two frames.
+    """
 
     # Sequence-parallel layout (wan.distributed.sequence_parallel): each rank runs the
     # blocks on its slice of the padded tokens; the head outputs are gathered.
@@ -355,8 +375,9 @@ class WanModel(nn.Module):
                  qk_norm: bool = True, cross_attn_norm: bool = True, eps: float = 1e-6,
                  clip_dim: int | None = None):
         super().__init__()
-        if model_type not in ("t2v", "i2v"):
-            raise ValueError(f"model_type must be 't2v' or 'i2v', got '{model_type}'")
+        if model_type not in MODEL_TYPES:
+            raise ValueError(f"model_type must be one of {', '.join(MODEL_TYPES)}, "
+                             f"got '{model_type}'")
         head_dim = dim // num_heads
         if dim % num_heads or head_dim % 2:
             raise ValueError(f"dim {dim} / num_heads {num_heads} must give an even head width")
@@ -368,7 +389,7 @@ class WanModel(nn.Module):
         self.num_heads, self.num_layers = num_heads, num_layers
         self.window_size = tuple(window_size)
         self.qk_norm, self.cross_attn_norm, self.eps = qk_norm, cross_attn_norm, eps
-        image = model_type == "i2v"
+        image = model_type in IMAGE_MODEL_TYPES
         self.clip_dim = (clip_dim or 1280) if image else None
 
         self.patch_embedding = nn.Conv3d(in_dim, dim, kernel_size=self.patch_size,
@@ -384,7 +405,8 @@ class WanModel(nn.Module):
         ])
         self.head = Head(dim, out_dim, self.patch_size, eps)
         if image:
-            self.img_emb = MLPProj(self.clip_dim, dim)
+            self.img_emb = MLPProj(self.clip_dim, dim,
+                                   emb_pos=2 * CLIP_TOKENS if model_type == "flf2v" else None)
 
     # -------------------------------------------------------------- config
     @property
@@ -415,7 +437,10 @@ class WanModel(nn.Module):
 
     def embed_context(self, context: Sequence[torch.Tensor],
                       clip_fea: torch.Tensor | None = None) -> torch.Tensor:
-        """Text (zero-padded to ``text_len``) and optional CLIP tokens -> ``[B, (257+)512, C]``."""
+        """Text (zero-padded to ``text_len``) and optional CLIP tokens -> ``[B, (n_img+)512, C]``.
+
+        ``n_img`` is 257 for i2v and 514 for flf2v (first then last frame).
+        """
         padded = []
         for u in context:
             if u.size(0) > self.text_len:
@@ -462,13 +487,14 @@ class WanModel(nn.Module):
             t: timesteps ``[B]``.
             context: text embeddings, each ``[L_i, text_dim]`` (``L_i <= text_len``).
             seq_len: padded token length (at least the largest number of patches).
-            clip_fea: i2v only, CLIP image tokens ``[B, 257, clip_dim]``.
-            y: i2v only, conditioning latents concatenated to ``x`` along channels.
+            clip_fea: i2v/flf2v only, CLIP image tokens ``[B, 257, clip_dim]`` (i2v) or
+                ``[B, 514, clip_dim]`` (flf2v: the first frame's tokens, then the last's).
+            y: i2v/flf2v only, conditioning latents concatenated to ``x`` along channels.
         Returns:
             list of ``[C_out, F, H, W]`` fp32 tensors.
         """
-        if self.model_type == "i2v" and (clip_fea is None or y is None):
-            raise ValueError("the i2v model needs clip_fea and y")
+        if self.model_type in IMAGE_MODEL_TYPES and (clip_fea is None or y is None):
+            raise ValueError(f"the {self.model_type} model needs clip_fea and y")
         if y is not None:
             x = [torch.cat([u, v.to(u)], dim=0) for u, v in zip(x, y)]
         tokens, seq_lens, grids = self.patchify(x, seq_len)
@@ -532,10 +558,7 @@ class WanModel(nn.Module):
                               device=device, note=_dtype_note(torch_dtype, matmul_dtype))
         source = f"'{files[0] if len(files) == 1 else folder}'"
         kwargs = infer_config(cfg, sd, source)
-        if model_type is not None and kwargs["model_type"] != model_type:
-            raise CheckpointError(
-                f"{source} holds a {kwargs['model_type']} DiT (in_dim {kwargs['in_dim']}) but a "
-                f"{model_type} model is needed: pass the matching Wan2.1 checkpoint folder.")
+        check_model_type(kwargs, model_type, cfg, sd, source)
         with torch.device("meta"):
             model = cls(**kwargs)
         load_into_meta_module(model, sd, source, f"Wan2.1 {kwargs['model_type']} DiT", device)
@@ -574,6 +597,28 @@ def _linear_seq_fp32(seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def _found(cfg: dict, sd: dict[str, torch.Tensor], kwargs: dict) -> str:
+    """What a checkpoint says about its type, for error messages."""
+    said = f"config.json 'model_type' '{cfg['model_type']}'" if cfg.get("model_type") \
+        else "no 'model_type' in config.json"
+    pos = "with" if "img_emb.emb_pos" in sd else "no"
+    return f"{said}, in_dim {kwargs['in_dim']}, {pos} 'img_emb.emb_pos' tensor"
+
+
+def check_model_type(kwargs: dict, wanted: str | None, cfg: dict, sd: dict[str, torch.Tensor],
+                     source: str) -> None:
+    """Raise a CheckpointError when the checkpoint is not of the ``wanted`` model type."""
+    from ..utils.checkpoint import CheckpointError
+
+    if wanted is None or kwargs["model_type"] == wanted:
+        return
+    hint = ("the Wan2.1-FLF2V-14B-720P folder, whose DiT has 'img_emb.emb_pos'"
+            if wanted == "flf2v" else "the matching Wan2.1 checkpoint folder")
+    raise CheckpointError(
+        f"{source} holds a {kwargs['model_type']} DiT ({_found(cfg, sd, kwargs)}) but a "
+        f"{wanted} model is needed: pass {hint}.")
+
+
 def infer_config(cfg: dict, sd: dict[str, torch.Tensor], source: str) -> dict:
     """Model arguments from ``config.json``, completed from tensor shapes."""
     from ..utils.checkpoint import CheckpointError
@@ -587,10 +632,17 @@ def infer_config(cfg: dict, sd: dict[str, torch.Tensor], source: str) -> dict:
     pe = shape("patch_embedding.weight")  # [dim, in_dim, pt, ph, pw]
     dim, in_dim, patch = pe[0], pe[1], pe[2:]
     num_layers = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
-    model_type = cfg.get("model_type") or ("i2v" if "img_emb.proj.0.weight" in sd else "t2v")
-    if model_type not in ("t2v", "i2v"):
+    has_pos = "img_emb.emb_pos" in sd
+    model_type = cfg.get("model_type") or (
+        "flf2v" if has_pos else "i2v" if "img_emb.proj.0.weight" in sd else "t2v")
+    if model_type not in MODEL_TYPES:
         raise CheckpointError(f"{source}: model_type '{model_type}' is not supported "
-                              f"(this project runs the t2v and i2v Wan2.1 models).")
+                              f"(this project runs the t2v, i2v and flf2v Wan2.1 models).")
+    if has_pos != (model_type == "flf2v"):
+        raise CheckpointError(
+            f"{source}: config.json says model_type '{model_type}' but the weights "
+            f"{'have' if has_pos else 'lack'} the flf2v tensor 'img_emb.emb_pos': the folder "
+            f"mixes files of different models.")
     if "num_heads" not in cfg:
         raise CheckpointError(f"{source}: config.json lacks 'num_heads'.")
     out_dim = shape("head.head.weight")[0] // math.prod(patch)
@@ -602,7 +654,7 @@ def infer_config(cfg: dict, sd: dict[str, torch.Tensor], source: str) -> dict:
         window_size=tuple(cfg.get("window_size", (-1, -1))),
         qk_norm="blocks.0.self_attn.norm_q.weight" in sd,
         cross_attn_norm="blocks.0.norm3.weight" in sd, eps=float(cfg.get("eps", 1e-6)),
-        clip_dim=shape("img_emb.proj.0.weight")[0] if model_type == "i2v" else None)
+        clip_dim=shape("img_emb.proj.0.weight")[0] if model_type in IMAGE_MODEL_TYPES else None)
     for key in ("dim", "in_dim", "ffn_dim", "num_layers", "out_dim", "freq_dim"):
         if key in cfg and int(cfg[key]) != kwargs[key]:
             raise CheckpointError(f"{source}: config.json says {key}={cfg[key]} but the weights "

@@ -2,12 +2,14 @@
 
     python -m wan.utils.tiny_checkpoint ./Wan2.1-T2V-tiny --task t2v-1.3B
     python -m wan.utils.tiny_checkpoint ./Wan2.1-I2V-tiny --task i2v-14B
+    python -m wan.utils.tiny_checkpoint ./Wan2.1-FLF2V-tiny --task flf2v-14B
 
 writes a folder with the same file names and formats as the official downloads
 (``config.json`` + ``diffusion_pytorch_model.safetensors`` or shards with an
 index, ``models_t5_umt5-xxl-enc-bf16.pth``, ``Wan2.1_VAE.pth``,
-``google/umt5-xxl/`` tokenizer, and for I2V the open-clip ``.pth`` and
-``xlm-roberta-large/`` tokenizer), with small widths and depths. Everything the
+``google/umt5-xxl/`` tokenizer, and for I2V and FLF2V the open-clip ``.pth`` and
+``xlm-roberta-large/`` tokenizer), with small widths and depths. The FLF2V DiT
+is the I2V one plus ``img_emb.emb_pos [1, 2 * 257, clip_width]``. Everything the
 rest of the stack fixes is kept: text length 512, 16 latent channels and the
 224-pixel / 14-pixel-patch CLIP grid (257 image tokens). The whole pipeline
 loads such a folder through the same code as the real one.
@@ -71,6 +73,8 @@ def _random_like_official(module: torch.nn.Module, seed: int, std: float = 0.05)
 
 # --------------------------------------------------------------------- DiT
 def dit_config(model_type: str, sizes: TinySizes) -> dict:
+    from ..modules.model import IMAGE_MODEL_TYPES
+
     return {
         "_class_name": "WanModel",
         "_diffusers_version": "0.30.0",
@@ -78,7 +82,7 @@ def dit_config(model_type: str, sizes: TinySizes) -> dict:
         "eps": 1e-06,
         "ffn_dim": sizes.ffn_dim,
         "freq_dim": sizes.freq_dim,
-        "in_dim": 36 if model_type == "i2v" else 16,
+        "in_dim": 36 if model_type in IMAGE_MODEL_TYPES else 16,
         "model_type": model_type,
         "num_heads": sizes.num_heads,
         "num_layers": sizes.num_layers,
@@ -92,7 +96,7 @@ def write_dit(folder: str | Path, model_type: str = "t2v", sizes: TinySizes = Ti
     """Write ``config.json`` and the DiT safetensors (one file or ``shards`` + index)."""
     from safetensors.torch import save_file
 
-    from ..modules.model import WanModel
+    from ..modules.model import IMAGE_MODEL_TYPES, WanModel
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -100,7 +104,7 @@ def write_dit(folder: str | Path, model_type: str = "t2v", sizes: TinySizes = Ti
     model = WanModel(model_type=model_type, in_dim=cfg["in_dim"], dim=sizes.dim,
                      ffn_dim=sizes.ffn_dim, freq_dim=sizes.freq_dim, text_dim=sizes.t5_dim,
                      out_dim=16, num_heads=sizes.num_heads, num_layers=sizes.num_layers,
-                     clip_dim=sizes.clip_width if model_type == "i2v" else None)
+                     clip_dim=sizes.clip_width if model_type in IMAGE_MODEL_TYPES else None)
     _random_like_official(model, seed)
     sd = {k: v.contiguous() for k, v in model.state_dict().items()}
     (folder / "config.json").write_text(json.dumps(cfg, indent=2))
@@ -305,14 +309,16 @@ def make_checkpoint(out: str | Path, task: str = "t2v-1.3B", sizes: TinySizes = 
                     shards: int = 1, seed: int = 0) -> Path:
     """Write a complete miniature checkpoint folder for ``task`` and return its path."""
     from ..configs import WAN_CONFIGS
+    from ..modules.model import IMAGE_MODEL_TYPES
 
     if task not in WAN_CONFIGS:
         raise ValueError(f"unknown task '{task}'; choose one of {', '.join(WAN_CONFIGS)}")
     cfg = WAN_CONFIGS[task]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    is_i2v = task.startswith("i2v")
-    write_dit(out, "i2v" if is_i2v else "t2v", sizes, shards=shards, seed=seed)
+    model_type = task.split("-")[0] if task.startswith(IMAGE_MODEL_TYPES) else "t2v"
+    is_i2v = model_type in IMAGE_MODEL_TYPES  # needs the CLIP image encoder
+    write_dit(out, model_type, sizes, shards=shards, seed=seed)
     write_t5(out / cfg.t5_checkpoint, sizes, seed=seed + 1)
     write_umt5_tokenizer(out / cfg.t5_tokenizer, sizes)
     write_vae(out / cfg.vae_checkpoint, sizes, seed=seed + 2)
@@ -330,7 +336,7 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m wan.utils.tiny_checkpoint",
         description="Write a miniature random-weight Wan2.1 checkpoint in the official layout.")
     parser.add_argument("out", help="output folder (created)")
-    parser.add_argument("--task", default="t2v-1.3B", help="t2v-1.3B, t2v-14B, t2i-14B or i2v-14B")
+    parser.add_argument("--task", default="t2v-1.3B", help="t2v-1.3B, t2v-14B, t2i-14B, i2v-14B or flf2v-14B")
     parser.add_argument("--shards", type=int, default=1,
                         help="split the DiT into this many safetensors shards with an index")
     parser.add_argument("--seed", type=int, default=0)
