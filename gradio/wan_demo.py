@@ -1,4 +1,4 @@
-"""The shared part of the Wan2.1 Gradio demos: command line, model loading, page and handlers.
+"""The shared part of the Wan Gradio demos: command line, model loading, page and handlers.
 
 Each script in this folder only names its task::
 
@@ -14,6 +14,7 @@ Prompt enhancement only loads (or calls) its language model when the button is c
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import os
 import random
@@ -39,35 +40,60 @@ import torch  # noqa: E402
 log = logging.getLogger("wan_demo")
 
 MAX_SEED = 2**31 - 1  # the largest seed the official demos offer (exact in the browser, too)
-I2V_AREAS = {"720P": "1280*720", "480P": "832*480"}  # resolution -> size key of MAX_AREA_CONFIGS
-I2V_SHIFTS = {"720P": 5.0, "480P": 3.0}  # the official defaults per resolution (generate.py)
+AREAS = {"720P": "1280*720", "480P": "832*480"}  # resolution -> size key of MAX_AREA_CONFIGS
 LANGUAGES = ["ZH", "EN"]
 
 
 @dataclass(frozen=True)
 class DemoSpec:
-    """What differs between the four demos."""
+    """What a demo adds to its task's table entry (wan/tasks.py): its page's choices.
 
-    task: str                      # key of WAN_CONFIGS
+    The inputs, the defaults and what it outputs come from the task table; ``None``
+    here means the table's value.
+    """
+
+    task: str                      # key of the task table
     title: str
-    resolutions: tuple[str, ...]   # "W*H" (or "480P"/"720P" for I2V)
+    resolutions: tuple[str, ...]   # "W*H" (or "480P"/"720P" for tasks whose size is an area)
     default_resolution: str
-    guide_scale: float = 5.0
-    shift: float = 5.0
+    guide_scale: float | None = None
+    shift: float | None = None
     shift_max: float = 10.0
-    steps: int = 50
+    steps: int | None = None
+    ckpt_per_resolution: bool = False  # I2V: one checkpoint folder per resolution
 
     @property
-    def is_i2v(self) -> bool:
-        return self.task.startswith("i2v")
+    def entry(self):
+        from wan.tasks import TASKS
+        return TASKS[self.task]
+
+    @property
+    def images(self):
+        """The image inputs of the task, one upload widget each."""
+        return self.entry.image_inputs
+
+    @property
+    def uses_area(self) -> bool:
+        return self.entry.size_is_area
 
     @property
     def is_image(self) -> bool:
-        return self.task.startswith("t2i")
+        return self.entry.is_image
 
     @property
     def noun(self) -> str:
         return "image" if self.is_image else "video"
+
+    def default(self, name: str):
+        """A sampling default: the demo's own, else the task table's."""
+        own = getattr(self, name)
+        return own if own is not None else getattr(self.entry, name)
+
+    def shift_for(self, resolution: str) -> float:
+        """The default shift at ``resolution`` (the official defaults differ at 480P)."""
+        if self.shift is not None:
+            return self.shift
+        return self.entry.default_shift(AREAS.get(resolution, resolution))
 
 
 _T2V_14B_SIZES = ("720*1280", "1280*720", "960*960", "1088*832", "832*1088", "480*832",
@@ -77,9 +103,12 @@ _T2V_1_3B_SIZES = ("480*832", "832*480", "624*624", "704*544", "544*704")
 DEMOS: dict[str, DemoSpec] = {
     "t2v-14B": DemoSpec("t2v-14B", "Wan2.1 text-to-video (14B)", _T2V_14B_SIZES, "720*1280"),
     "t2v-1.3B": DemoSpec("t2v-1.3B", "Wan2.1 text-to-video (1.3B)", _T2V_1_3B_SIZES, "480*832",
-                         guide_scale=6.0, shift=8.0, shift_max=20.0),
+                         guide_scale=6.0, shift=8.0, shift_max=20.0, steps=50),
     "t2i-14B": DemoSpec("t2i-14B", "Wan2.1 text-to-image (14B)", _T2V_14B_SIZES, "720*1280"),
-    "i2v-14B": DemoSpec("i2v-14B", "Wan2.1 image-to-video (14B)", ("720P", "480P"), "720P"),
+    "i2v-14B": DemoSpec("i2v-14B", "Wan2.1 image-to-video (14B)", ("720P", "480P"), "720P",
+                        ckpt_per_resolution=True),
+    "flf2v-14B": DemoSpec("flf2v-14B", "Wan2.1 first-last-frame-to-video (14B)",
+                          ("720P", "480P"), "720P", shift_max=20.0),
 }
 
 
@@ -92,11 +121,14 @@ def build_parser(spec: DemoSpec) -> argparse.ArgumentParser:
     from wan.utils.utils import str2bool
 
     p = argparse.ArgumentParser(description=f"{spec.title}: a local web demo (Gradio).")
-    if spec.is_i2v:
+    if spec.ckpt_per_resolution:
         p.add_argument("--ckpt_dir_720p", default=None, help="the Wan2.1-I2V-14B-720P folder")
         p.add_argument("--ckpt_dir_480p", default=None, help="the Wan2.1-I2V-14B-480P folder")
     else:
-        p.add_argument("--ckpt_dir", default="cache", help="the downloaded checkpoint folder")
+        # --ckpt_dir_720p is the official FLF2V demo's name for the same folder.
+        names = ["--ckpt_dir"] + (["--ckpt_dir_720p"] if spec.uses_area else [])
+        p.add_argument(*names, dest="ckpt_dir", default="cache",
+                       help=f"the downloaded checkpoint folder ({spec.entry.checkpoint})")
     p.add_argument("--prompt_extend_method", default="local_qwen",
                    choices=["dashscope", "local_qwen"],
                    help="how 'Prompt enhance' rewrites the prompt (nothing is loaded until used)")
@@ -128,14 +160,14 @@ def parse_args(spec: DemoSpec, argv: list[str] | None = None) -> argparse.Namesp
         parser.error("give at least one of --ckpt_dir_720p and --ckpt_dir_480p")
     for resolution, folder in folders.items():
         if not Path(folder).is_dir():
-            flag = "--ckpt_dir" if not spec.is_i2v else f"--ckpt_dir_{resolution.lower()}"
+            flag = f"--ckpt_dir_{resolution.lower()}" if spec.ckpt_per_resolution else "--ckpt_dir"
             parser.error(f"checkpoint folder not found: '{folder}' ({flag})")
     return args
 
 
 def checkpoint_folders(spec: DemoSpec, args: argparse.Namespace) -> dict[str, str]:
     """Checkpoint folder per resolution for I2V (only those given); ``{"": folder}`` otherwise."""
-    if not spec.is_i2v:
+    if not spec.ckpt_per_resolution:
         return {"": args.ckpt_dir}
     given = {"720P": args.ckpt_dir_720p, "480P": args.ckpt_dir_480p}
     return {res: folder for res, folder in given.items() if folder}
@@ -189,7 +221,7 @@ class Job:
     guide_scale: float
     shift: float
     seed: int
-    image: Any = None  # PIL image (I2V)
+    images: dict[str, Any]  # input flag -> PIL image (tasks with image inputs)
 
 
 class WanDemo:
@@ -211,9 +243,7 @@ class WanDemo:
 
     def load_models(self) -> None:
         """Load every given checkpoint once (before the server starts)."""
-        import wan
-
-        pipeline_cls = wan.WanI2V if self.spec.is_i2v else wan.WanT2V
+        pipeline_cls = self.spec.entry.pipeline_class()
         for resolution, folder in self.folders.items():
             what = f"{self.spec.task} {resolution}".strip()
             log.info("Loading %s from %s on %s ...", what, folder, self.device)
@@ -226,7 +256,7 @@ class WanDemo:
     @property
     def resolutions(self) -> list[str]:
         """The resolutions offered in the page (for I2V: those with a loaded checkpoint)."""
-        if self.spec.is_i2v:
+        if self.spec.ckpt_per_resolution:
             return [r for r in self.spec.resolutions if r in self.folders]
         return list(self.spec.resolutions)
 
@@ -234,7 +264,7 @@ class WanDemo:
         if resolution not in self.spec.resolutions:
             raise _fail(f"Unknown resolution '{resolution}': choose one of "
                         f"{', '.join(self.resolutions)}.")
-        if not self.spec.is_i2v:
+        if not self.spec.ckpt_per_resolution:
             return self.pipelines[""]
         if resolution not in self.pipelines:
             raise _fail(f"No {resolution} model is loaded: restart the demo with "
@@ -244,11 +274,16 @@ class WanDemo:
 
     # -- generation ---------------------------------------------------------------------------
 
-    def generate(self, prompt: str, image: Any, resolution: str, frames: float, steps: float,
-                 guide_scale: float, shift: float, seed: float, negative_prompt: str,
-                 progress: gr.Progress = gr.Progress()) -> tuple[str, int, str]:
-        """Generate from the page's inputs; returns (file, seed used, a line about the result)."""
-        job = self._check_inputs(prompt, image, resolution, frames, steps, guide_scale, shift,
+    def generate(self, prompt: str, images: dict[str, Any], resolution: str, frames: float,
+                 steps: float, guide_scale: float, shift: float, seed: float,
+                 negative_prompt: str, progress: gr.Progress = gr.Progress()
+                 ) -> tuple[str, int, str]:
+        """Generate from the page's inputs; returns (file, seed used, a line about the result).
+
+        ``images`` maps each image input of the task (its flag: ``image``, ``first_frame``,
+        ...) to the uploaded picture or None.
+        """
+        job = self._check_inputs(prompt, images, resolution, frames, steps, guide_scale, shift,
                                  seed, negative_prompt)
         pipe = self._pipeline_for(job.resolution)
         progress(0, desc="Encoding the prompt")
@@ -275,17 +310,38 @@ class WanDemo:
         log.info("Done: %s", info)
         return str(out), job.seed, info
 
-    def _check_inputs(self, prompt: str | None, image: Any, resolution: str, frames: float,
-                      steps: float, guide_scale: float, shift: float, seed: float,
-                      negative_prompt: str | None) -> Job:
+    def api_handler(self) -> Callable[..., tuple[str, int, str]]:
+        """:meth:`generate` with the task's image inputs as separate, named parameters
+        (``prompt, image, resolution, ...`` for I2V; ``prompt, first_frame, last_frame, ...``
+        for FLF2V; ``prompt, resolution, ...`` without images), as Gradio and its API see it."""
+        flags = [i.flag for i in self.spec.images]
+
+        def handler(prompt, *rest, progress=gr.Progress()):
+            images = dict(zip(flags, rest[:len(flags)]))
+            return self.generate(prompt, images, *rest[len(flags):], progress=progress)
+
+        P = inspect.Parameter
+        names = ["prompt", *flags, "resolution", "frames", "steps", "guide_scale", "shift",
+                 "seed", "negative_prompt"]
+        params = [P(n, P.POSITIONAL_OR_KEYWORD) for n in names]
+        params.append(P("progress", P.KEYWORD_ONLY, default=gr.Progress()))
+        handler.__signature__ = inspect.Signature(params)
+        handler.__name__ = "generate"
+        return handler
+
+    def _check_inputs(self, prompt: str | None, images: dict[str, Any], resolution: str,
+                      frames: float, steps: float, guide_scale: float, shift: float,
+                      seed: float, negative_prompt: str | None) -> Job:
         """Reject bad input with a clear message; a random seed is drawn here for -1."""
         prompt = (prompt or "").strip()
         if not prompt:
             raise _fail(f"Please enter a prompt: describe the {self.spec.noun} to generate.")
-        if self.spec.is_i2v and image is None:
-            raise _fail("Please upload an input image: it becomes the first frame of the video.")
+        for inp in self.spec.images:
+            if images.get(inp.flag) is None:
+                raise _fail(inp.missing or f"Please upload the {inp.label.lower()}.")
         self._pipeline_for(resolution)
-        frames = 1 if self.spec.is_image else int(frames if frames is not None else 81)
+        default_frames = self.spec.entry.frames
+        frames = 1 if self.spec.is_image else int(frames if frames is not None else default_frames)
         if frames < 1 or (frames - 1) % 4:
             raise _fail(f"The number of frames must be 4n+1 (1, 5, 9, ..., 81); got {frames}.")
         steps = int(steps or 0)
@@ -301,7 +357,11 @@ class WanDemo:
         return Job(prompt=prompt, negative_prompt=negative_prompt or "", resolution=resolution,
                    frames=frames, steps=steps, guide_scale=float(guide_scale),
                    shift=float(shift), seed=seed if seed >= 0 else random.randint(0, MAX_SEED),
-                   image=image.convert("RGB") if image is not None else None)
+                   images={i.flag: images[i.flag].convert("RGB") for i in self.spec.images})
+
+    def _size_key(self, resolution: str) -> str:
+        """The ``--size`` value of ``resolution`` (an area key for the image tasks)."""
+        return AREAS[resolution] if self.spec.uses_area else resolution
 
     def _run(self, pipe, job: Job, on_step: Callable[[int, int], None]) -> torch.Tensor:
         """Call the pipeline: ``[3, F, H, W]`` in [-1, 1]."""
@@ -313,24 +373,25 @@ class WanDemo:
         log.info("Generating (%s, %s, %d frames, %d steps, guide %.2f, shift %.2f, seed %d): %s",
                  self.spec.task, job.resolution, job.frames, job.steps, job.guide_scale,
                  job.shift, job.seed, job.prompt)
-        if self.spec.is_i2v:
-            area = MAX_AREA_CONFIGS[I2V_AREAS[job.resolution]]
-            return pipe.generate(job.prompt, job.image, max_area=area, **common)
-        width, height = (int(v) for v in job.resolution.split("*"))
-        return pipe.generate(job.prompt, size=(width, height), **common)
+        images = {i.param: job.images[i.flag] for i in self.spec.images}
+        size = self._size_key(job.resolution)
+        if self.spec.uses_area:
+            return pipe.generate(job.prompt, **images, max_area=MAX_AREA_CONFIGS[size], **common)
+        width, height = (int(v) for v in size.split("*"))
+        return pipe.generate(job.prompt, **images, size=(width, height), **common)
 
     def _save(self, video: torch.Tensor, job: Job, seconds: float) -> Path:
         """Write the result and its sidecar (atomically) into the output folder."""
         from wan.utils.io import atomic_path, default_save_file, save_image, save_video, \
-            write_sidecar
+            sha256_file, write_sidecar
 
-        size = I2V_AREAS[job.resolution] if self.spec.is_i2v else job.resolution
+        size = self._size_key(job.resolution)
         path = _unique_path(self.output_dir,
                             default_save_file(self.spec.task, size, 1, 1, job.prompt))
         fps = self.config.sample_fps
         out = save_image(video[:, 0], path) if self.spec.is_image else \
             save_video(video, path, fps=fps)
-        folder = self.folders[job.resolution if self.spec.is_i2v else ""]
+        folder = self.folders[job.resolution if self.spec.ckpt_per_resolution else ""]
         settings = dict(
             task=self.spec.task, size=size, frame_num=job.frames, prompt=job.prompt,
             negative_prompt=job.negative_prompt or self.config.sample_neg_prompt,
@@ -339,11 +400,15 @@ class WanDemo:
             ckpt_dir=str(Path(folder).resolve()), device=str(self.device),
             offload_model=self.args.offload_model, t5_cpu=self.args.t5_cpu,
             seconds=round(seconds, 2), source="gradio demo")
-        if self.spec.is_i2v:  # keep the input next to the video, for --replay
-            image_path = out.with_name(f"{out.stem}_input.png")
+        for inp in self.spec.images:  # keep the inputs next to the video, for --replay
+            suffix = "input" if inp.flag == "image" else inp.flag
+            image_path = out.with_name(f"{out.stem}_{suffix}.png")
             with atomic_path(image_path) as tmp:
-                job.image.save(tmp, format="PNG")
-            settings.update(image=str(image_path), resolution=job.resolution)
+                job.images[inp.flag].save(tmp, format="PNG")
+            settings[inp.flag] = str(image_path)
+            settings[f"{inp.flag}_sha256"] = sha256_file(image_path)
+        if self.spec.uses_area:
+            settings["resolution"] = job.resolution
         write_sidecar(out, settings)
         return out
 
@@ -361,8 +426,9 @@ class WanDemo:
         if not original.strip():
             gr.Warning("Type a prompt first: 'Prompt enhance' rewrites it.")
             return original
-        if self.spec.is_i2v and image is None:
-            gr.Warning("Upload the input image first: the prompt is rewritten to match it.")
+        if self.spec.images and image is None:
+            gr.Warning(f"Upload the {self.spec.images[0].label.lower()} first: the prompt is "
+                       f"rewritten to match it.")
             return original
         expander = self._get_expander()
         if expander is None:
@@ -389,7 +455,7 @@ class WanDemo:
             if method == "local_qwen" else {}
         try:
             self._expander = make_prompt_expander(method, self.args.prompt_extend_model,
-                                                  is_vl=self.spec.is_i2v, device=self.device,
+                                                  is_vl=bool(self.spec.images), device=self.device,
                                                   **extra)
         except Exception as e:  # noqa: BLE001 - e.g. DASH_API_KEY missing
             log.warning("Prompt enhancement is unavailable: %s", e)
@@ -421,15 +487,18 @@ class WanDemo:
     def _input_widgets(self) -> dict[str, Any]:
         spec = self.spec
         w: dict[str, Any] = {}
-        if spec.is_i2v:
+        if spec.uses_area:
             resolutions = self.resolutions
+            info = "only the resolutions whose checkpoint was given" \
+                if spec.ckpt_per_resolution else "the area; the first image sets the aspect"
             w["resolution"] = gr.Dropdown(
                 resolutions, value=resolutions[0], label="Resolution", allow_custom_value=True,
-                info="only the resolutions whose checkpoint was given", elem_id="resolution")
-            w["image"] = gr.Image(type="pil", label="Input image (the first frame)",
-                                  elem_id="input_image")
-        else:
-            w["image"] = gr.State(None)
+                info=info, elem_id="resolution")
+        w["images"] = []
+        with gr.Row():
+            for inp in spec.images:
+                elem = "input_image" if inp.flag == "image" else inp.flag
+                w["images"].append(gr.Image(type="pil", label=inp.label, elem_id=elem))
         w["prompt"] = gr.Textbox(label="Prompt", lines=3, elem_id="prompt",
                                  placeholder=f"Describe the {spec.noun} you want to generate")
         with gr.Row():
@@ -437,23 +506,23 @@ class WanDemo:
                                      label="Target language of prompt enhance")
             w["enhance"] = gr.Button("Prompt enhance", elem_id="enhance")
         with gr.Accordion("Advanced options", open=True):
-            if not spec.is_i2v:
+            if not spec.uses_area:
                 w["resolution"] = gr.Dropdown(
                     self.resolutions, value=spec.default_resolution, elem_id="resolution",
                     label="Resolution (width*height)", allow_custom_value=True)
             if spec.is_image:
                 w["frames"] = gr.State(1)
             else:
-                w["frames"] = gr.Slider(1, 81, value=81, step=4, label="Frames (4n+1)",
-                                        elem_id="frames")
-            shift = I2V_SHIFTS[self.resolutions[0]] if spec.is_i2v else spec.shift
+                w["frames"] = gr.Slider(1, 81, value=spec.entry.frames, step=4,
+                                        label="Frames (4n+1)", elem_id="frames")
+            first = self.resolutions[0] if spec.uses_area else spec.default_resolution
             with gr.Row():
-                w["steps"] = gr.Slider(1, 1000, value=spec.steps, step=1, elem_id="steps",
-                                       label="Diffusion steps")
-                w["guide_scale"] = gr.Slider(0, 20, value=spec.guide_scale, step=0.5,
+                w["steps"] = gr.Slider(1, 1000, value=spec.default("steps"), step=1,
+                                       elem_id="steps", label="Diffusion steps")
+                w["guide_scale"] = gr.Slider(0, 20, value=spec.default("guide_scale"), step=0.5,
                                              label="Guide scale", elem_id="guide_scale")
             with gr.Row():
-                w["shift"] = gr.Slider(0, spec.shift_max, value=shift, step=0.5,
+                w["shift"] = gr.Slider(0, spec.shift_max, value=spec.shift_for(first), step=0.5,
                                        label="Shift", elem_id="shift")
                 w["seed"] = gr.Number(-1, precision=0, minimum=-1, maximum=MAX_SEED,
                                       label="Seed (-1 = random)", elem_id="seed")
@@ -470,18 +539,19 @@ class WanDemo:
 
     def _wire(self, w: dict[str, Any], generate_button, result, seed_used, info) -> None:
         """Connect the buttons. Generation and enhancement share one queue slot."""
+        first_image = w["images"][0] if w["images"] else gr.State(None)
         w["enhance"].click(
-            self.enhance_prompt, inputs=[w["prompt"], w["tar_lang"], w["seed"], w["image"]],
+            self.enhance_prompt, inputs=[w["prompt"], w["tar_lang"], w["seed"], first_image],
             outputs=[w["prompt"]], api_name="enhance_prompt", concurrency_limit=1,
             concurrency_id="model")
         generate_button.click(
-            self.generate,
-            inputs=[w["prompt"], w["image"], w["resolution"], w["frames"], w["steps"],
+            self.api_handler(),
+            inputs=[w["prompt"], *w["images"], w["resolution"], w["frames"], w["steps"],
                     w["guide_scale"], w["shift"], w["seed"], w["negative_prompt"]],
             outputs=[result, seed_used, info], api_name="generate", concurrency_limit=1,
             concurrency_id="model")
-        if self.spec.is_i2v:  # the official default shift differs between 480P and 720P
-            w["resolution"].input(lambda r: I2V_SHIFTS.get(r, 5.0), inputs=[w["resolution"]],
+        if self.spec.uses_area:  # the official default shift may differ between 480P and 720P
+            w["resolution"].input(self.spec.shift_for, inputs=[w["resolution"]],
                                   outputs=[w["shift"]], api_visibility="private", queue=False)
 
 
