@@ -203,6 +203,9 @@ def test_v2v_matches_diffusers_video_to_video_pipeline(pipe, t2v_ckpt, strength)
       ``(mean - latents_mean) / latents_std``: the official encode; no sampling.
     * start: diffusers mixes ``add_noise`` = ``(1 - sigma_k) z + sigma_k noise`` at
       ``timesteps[k]``, k = steps - int(steps * strength); so do we.
+    * not compared: strength 1.0. There WanT2V skips the source (plain T2V, see
+      ``test_strength_1_is_plain_t2v``) while diffusers still starts from
+      ``sigma_0 noise + (1 - sigma_0) z`` with ``sigma_0 = 0.9998`` (shift 5).
     """
     from diffusers import WanVideoToVideoPipeline
     from diffusers.utils.torch_utils import randn_tensor
