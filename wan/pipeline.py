@@ -169,13 +169,18 @@ class WanPipelineBase:
 
     def denoise(self, noise: torch.Tensor, cond: Conditioning, uncond: Conditioning, seq_len: int,
                 sample_solver: str, sampling_steps: int, shift: float, guide_scale: float,
-                offload_model: bool, on_step=None) -> torch.Tensor:
+                offload_model: bool, on_step=None, start_step: int = 0,
+                init_latent: torch.Tensor | None = None) -> torch.Tensor:
+        """The sampling loop on the DiT; ``start_step``/``init_latent``: see :func:`sample`."""
         self._activate("dit", offload_model)
-        with stage(f"denoising ({sampling_steps} steps, {sample_solver})"):
+        steps = (f"{sampling_steps} steps" if start_step == 0 else
+                 f"steps {start_step + 1}-{sampling_steps} of {sampling_steps}")
+        with stage(f"denoising ({steps}, {sample_solver})"):
             return sample(self.model, noise, cond, uncond, seq_len, solver=sample_solver,
                           steps=sampling_steps, shift=shift, guide_scale=guide_scale,
                           num_train_timesteps=self.num_train_timesteps,
-                          param_dtype=self.param_dtype, progress=self.rank == 0, on_step=on_step)
+                          param_dtype=self.param_dtype, progress=self.rank == 0, on_step=on_step,
+                          start_step=start_step, init_latent=init_latent)
 
     def decode(self, latent: torch.Tensor, offload_model: bool) -> torch.Tensor:
         """Latent -> video ``[3, F, H, W]`` in [-1, 1] (the VAE computes in its own dtype, fp32)."""

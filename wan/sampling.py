@@ -21,7 +21,8 @@ from tqdm import tqdm
 from .modules.model import cached_context
 from .utils.fm_solvers import make_sampler
 
-__all__ = ["Conditioning", "resolve_seed", "initial_noise", "sample", "autocast_for"]
+__all__ = ["Conditioning", "resolve_seed", "initial_noise", "sample", "autocast_for",
+           "v2v_start_step"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,26 @@ def initial_noise(shape: tuple[int, ...], seed: int, device: torch.device) -> to
     return torch.randn(*shape, dtype=torch.float32, device=device, generator=g)
 
 
+def v2v_start_step(steps: int, strength: float) -> int:
+    """The step video-to-video starts at: ``steps - int(steps * strength)`` (diffusers' rule).
+
+    ``strength`` in (0, 1] is the share of the ``steps`` that run: 1.0 runs them
+    all (start 0, plain text-to-video), 0.5 of 50 runs the last 25 (start 25).
+    Raises ValueError for a strength outside (0, 1] or one too small to run a step.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"sampling steps must be an integer >= 1, got {steps!r}")
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)):
+        raise ValueError(f"strength must be a number in (0, 1], got {strength!r}")
+    if not 0.0 < strength <= 1.0:  # also rejects NaN
+        raise ValueError(f"strength must be in (0, 1], got {strength!r}")
+    run = min(int(steps * strength), steps)
+    if run < 1:
+        raise ValueError(f"strength {strength} runs no step of {steps}: it must be at least "
+                         f"1/{steps} = {1 / steps:.4g}")
+    return steps - run
+
+
 def autocast_for(device: torch.device, dtype: torch.dtype):
     """Mixed-precision context for ``dtype`` (bf16/fp16) on ``device``; nothing for fp32."""
     if dtype in (torch.bfloat16, torch.float16):
@@ -68,24 +89,44 @@ def sample(model: Callable, noise: torch.Tensor, cond: Conditioning, uncond: Con
            seq_len: int, solver: str = "unipc", steps: int = 50, shift: float = 5.0,
            guide_scale: float = 5.0, num_train_timesteps: int = 1000,
            param_dtype: torch.dtype = torch.float32, batch_cfg: bool = True,
-           progress: bool = True, on_step: Callable[[int, int], None] | None = None
-           ) -> torch.Tensor:
+           progress: bool = True, on_step: Callable[[int, int], None] | None = None,
+           start_step: int = 0, init_latent: torch.Tensor | None = None) -> torch.Tensor:
     """Run the sampler from ``noise`` and return the final latent ``[16, F, H, W]`` (fp32).
 
     Each step evaluates the DiT on the conditional and unconditional branch
     (one batch of two when ``batch_cfg``; two calls otherwise, which needs less
     memory) and combines them as ``uncond + guide_scale * (cond - uncond)``.
-    ``on_step(i, steps)`` is called after every step (progress bars of the demos).
+    ``on_step(done, total)`` is called after every step (progress bars of the demos),
+    with ``total = steps - start_step``.
+
+    Video-to-video: ``start_step = k > 0`` (see :func:`v2v_start_step`) enters
+    the grid of ``steps`` at step ``k`` from ``x_k = sigma_k * noise + (1 - sigma_k)
+    * init_latent`` (``sigma_k`` the float32 noise level of that step, ``init_latent``
+    the VAE latent of the source video) and runs the remaining ``steps - k``
+    steps; the solver's history starts empty at ``k``. ``start_step = 0`` is
+    plain generation from ``noise`` (``init_latent`` must then be None).
     """
     device = noise.device
     sampler = make_sampler(solver, steps, shift, num_train_timesteps, device=device)
-    latent = noise
+    sampler.reset(start_step)  # validates start_step
+    if start_step == 0:
+        if init_latent is not None:
+            raise ValueError("init_latent is only used with start_step > 0")
+        latent = noise
+    else:
+        if init_latent is None or init_latent.shape != noise.shape:
+            raise ValueError(f"start_step {start_step} needs an init_latent of the noise's shape "
+                             f"{tuple(noise.shape)}, got "
+                             f"{None if init_latent is None else tuple(init_latent.shape)}")
+        sigma = sampler.sigmas[start_step].to(device)
+        latent = (1 - sigma) * init_latent.to(device, noise.dtype) + sigma * noise
     timesteps = sampler.timesteps.to(device)
+    total = len(timesteps) - start_step
     both, only_c, only_u = _batched([cond, uncond]), _batched([cond]), _batched([uncond])
-    bar = tqdm(total=len(timesteps), desc="denoising", disable=not progress, leave=False)
+    bar = tqdm(total=total, desc="denoising", disable=not progress, leave=False)
     with autocast_for(device, param_dtype), cached_context(model):
-        for i, t in enumerate(timesteps):
-            t = t.view(1)
+        for i in range(start_step, len(timesteps)):
+            t = timesteps[i].view(1)
             if batch_cfg and guide_scale != 1.0:
                 out = model([latent, latent], t=t.expand(2), seq_len=seq_len, **both)
                 flow_c, flow_u = out[0], out[1]
@@ -97,6 +138,6 @@ def sample(model: Callable, noise: torch.Tensor, cond: Conditioning, uncond: Con
             latent = sampler.step(flow.float(), i, latent)
             bar.update(1)
             if on_step is not None:
-                on_step(i + 1, len(timesteps))
+                on_step(i + 1 - start_step, total)
     bar.close()
     return latent

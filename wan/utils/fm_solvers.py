@@ -96,18 +96,29 @@ class FlowSampler:
         self.num_steps = len(sigmas)
         self.reset()
 
-    def reset(self) -> None:
-        """Forget the history, ready for a new trajectory."""
-        self._next = 0
+    def reset(self, start: int = 0) -> None:
+        """Forget the history, ready for a new trajectory that begins at step ``start``.
+
+        ``start > 0`` (video-to-video) enters the grid part-way: the history is
+        empty there, so the first step taken is first order, exactly as a
+        multistep scheduler of diffusers that first steps at ``timesteps[start]``.
+        """
+        if isinstance(start, bool) or not isinstance(start, (int, np.integer)) \
+                or not 0 <= start < self.num_steps:
+            raise ValueError(f"start step must be an integer in [0, {self.num_steps - 1}], "
+                             f"got {start!r}")
+        self.start = int(start)
+        self._next = self.start
 
     def step(self, flow: Tensor, index: int, x: Tensor) -> Tensor:
         """Advance ``x`` from ``sigmas[index]`` to ``sigmas[index + 1]``.
 
         ``flow`` is the model's prediction at ``timesteps[index]``. Steps must be
-        taken in order; ``index == 0`` starts a new trajectory.
+        taken in order; ``index == 0`` starts a new trajectory, and so does
+        ``index == self.start`` (the step given to :meth:`reset`).
         """
-        if index == 0:
-            self.reset()
+        if index == 0 or index == self.start:
+            self.reset(index)
         if index != self._next or index >= self.num_steps:
             raise ValueError(f"step index {index} is out of order: expected {self._next} "
                              f"(of {self.num_steps} steps)")
@@ -134,8 +145,8 @@ class DPMPP2MSampler(FlowSampler):
     ``x - sigma * flow``.
     """
 
-    def reset(self) -> None:
-        super().reset()
+    def reset(self, start: int = 0) -> None:
+        super().reset(start)
         self._prev_x0: Tensor | None = None
 
     def _update(self, flow: Tensor, i: int, x: Tensor) -> Tensor:
@@ -146,7 +157,7 @@ class DPMPP2MSampler(FlowSampler):
         h = _log_snr(sigma_t) - lam_s
         coef = (1 - sigma_t) * (torch.exp(-h) - 1.0)
         x_next = (sigma_t / sigma_s) * x.float() - coef * x0
-        if 0 < i < self.num_steps - 1:
+        if self.start < i < self.num_steps - 1:
             r = (lam_s - _log_snr(s[i - 1])) / h
             d1 = (1.0 / r) * (x0 - self._prev_x0)
             x_next = x_next - 0.5 * coef * d1
@@ -163,17 +174,17 @@ class UniPCSampler(FlowSampler):
     second order otherwise. No upcast: arithmetic runs in the sample's dtype.
     """
 
-    def reset(self) -> None:
-        super().reset()
+    def reset(self, start: int = 0) -> None:
+        super().reset(start)
         self._x0s: list[Tensor] = []  # x0 predictions of the last two steps
         self._last_x: Tensor | None = None  # sample fed to the last predictor
         self._last_order = 1
 
     def _update(self, flow: Tensor, i: int, x: Tensor) -> Tensor:
         x0 = x - self.sigmas[i] * flow
-        if i > 0:
+        if i > self.start:
             x = self._correct(x0, i)
-        order = 1 if i in (0, self.num_steps - 1) else 2
+        order = 1 if i in (self.start, self.num_steps - 1) else 2
         x_next = self._predict(x, x0, i, order)
         self._x0s = (self._x0s + [x0])[-2:]
         self._last_x, self._last_order = x, order

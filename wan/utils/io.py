@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 __all__ = ["video_to_uint8", "save_video", "save_image", "write_sidecar", "sidecar_path",
-           "read_sidecar", "default_save_file", "atomic_path"]
+           "read_sidecar", "default_save_file", "atomic_path", "read_video", "fit_video",
+           "default_v2v_frames", "sha256_file"]
 
 log = logging.getLogger(__name__)
 
@@ -145,3 +146,101 @@ def default_save_file(task: str, size: str, ulysses_size: int, ring_size: int, p
     size = size.replace("*", "x") if os.name == "nt" else size
     suffix = ".png" if task.startswith("t2i") else ".mp4"
     return f"{task}_{size}_{ulysses_size}_{ring_size}_{text}_{stamp}{suffix}"
+
+
+# --------------------------------------------------------------------------- source videos
+
+
+def read_video(path: str | os.PathLike, max_frames: int | None = None
+               ) -> tuple[torch.Tensor, float]:
+    """Decode a video file with imageio-ffmpeg: ``(frames uint8 [F, H, W, 3] RGB, fps)``.
+
+    ``max_frames`` stops after that many frames (a source longer than needed is
+    not decoded to the end). Raises FileNotFoundError for a missing file and
+    ValueError (one line, naming the file) for one ffmpeg cannot decode or
+    that holds no frame.
+    """
+    import numpy as np
+    import imageio_ffmpeg
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"source video not found: '{path}'")
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"max_frames must be >= 1, got {max_frames}")
+    gen = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
+    try:
+        try:
+            meta = next(gen)
+        except (OSError, RuntimeError, StopIteration) as e:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f"cannot read '{path}' as a video ({reason})") from None
+        w, h = meta["size"]
+        fps = float(meta.get("fps") or 0.0)
+        frames = []
+        try:
+            for data in gen:
+                frames.append(np.frombuffer(data, dtype=np.uint8).reshape(h, w, 3))
+                if max_frames is not None and len(frames) >= max_frames:
+                    break
+        except (OSError, RuntimeError) as e:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f"cannot decode '{path}' ({reason})") from None
+    finally:
+        gen.close()
+    if not frames:
+        raise ValueError(f"'{path}' holds no video frame")
+    return torch.from_numpy(np.stack(frames)), fps
+
+
+def fit_video(frames, width: int, height: int) -> torch.Tensor:
+    """uint8 frames ``[F, H, W, 3]`` -> float32 ``[3, F, height, width]`` in [-1, 1].
+
+    Each frame is scaled (aspect kept) to cover ``width`` x ``height`` and
+    centre-cropped to it. Scaling is torch bicubic with antialias on values in
+    [0, 1], clamped back to [0, 1]; frames already at the output size are not
+    resampled. Normalisation is ``2 * (x / 255) - 1`` in float32, the same
+    operations as diffusers' VideoProcessor. Accepts a tensor or numpy array.
+    """
+    import torch.nn.functional as F
+
+    frames = torch.as_tensor(frames)
+    if frames.dim() != 4 or frames.size(-1) != 3 or frames.dtype != torch.uint8:
+        raise ValueError("frames must be uint8 [F, H, W, 3], got "
+                         f"{frames.dtype} {tuple(frames.shape)}")
+    if width <= 0 or height <= 0:
+        raise ValueError(f"output size must be positive, got {width}*{height}")
+    n, h, w, _ = frames.shape
+    out = torch.empty(3, n, height, width, dtype=torch.float32)
+    if (h, w) == (height, width):
+        scale = None
+    else:
+        scale = max(width / w, height / h)
+        rh, rw = max(height, round(h * scale)), max(width, round(w * scale))
+        top, left = (rh - height) // 2, (rw - width) // 2
+    for i in range(n):  # frame by frame: a long 1080p clip fits in memory
+        x = frames[i].permute(2, 0, 1).float().div(255.0)
+        if scale is not None:
+            x = F.interpolate(x[None], size=(rh, rw), mode="bicubic", antialias=True,
+                              align_corners=False)[0].clamp_(0.0, 1.0)
+            x = x[:, top:top + height, left:left + width]
+        out[:, i] = 2.0 * x - 1.0
+    return out
+
+
+def default_v2v_frames(n: int) -> int:
+    """The frame count for a source of ``n`` frames: the largest ``4k + 1 <= n``, at most 81."""
+    if n < 1:
+        raise ValueError(f"the source video needs at least 1 frame, got {n}")
+    return min(81, (n - 1) // 4 * 4 + 1)
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes (read in chunks)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
