@@ -224,8 +224,8 @@ def _read_source_video(path: str):
     if cached is None:
         try:
             cached = _SOURCE_FRAMES[path] = read_video(path)[0]
-        except ValueError as e:
-            raise UsageError(str(e)) from None
+        except (ValueError, FileNotFoundError) as e:
+            raise UsageError(f"--src_video: {e}") from None
     return cached
 
 

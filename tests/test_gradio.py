@@ -1,4 +1,4 @@
-"""The four Gradio demos, run as a user runs them and driven by a real headless browser.
+"""The Gradio demos, run as a user runs them and driven by a real headless browser.
 
 Each demo script starts in its own process on a miniature checkpoint (CPU, 127.0.0.1, a free
 port). Debian's Chromium, driven by Playwright, types a prompt, clicks the button and waits for
@@ -142,8 +142,8 @@ def qwen_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def demos(t2v_ckpt, i2v_ckpt, qwen_dir, tmp_path_factory) -> dict[str, DemoServer]:
-    """The four demos, started together and stopped at the end.
+def demos(t2v_ckpt, i2v_ckpt, flf2v_ckpt, qwen_dir, tmp_path_factory) -> dict[str, DemoServer]:
+    """The five demos, started together and stopped at the end.
 
     They load while the first tests run; ``demos[name].wait_until_up()`` waits for one.
     """
@@ -154,6 +154,8 @@ def demos(t2v_ckpt, i2v_ckpt, qwen_dir, tmp_path_factory) -> dict[str, DemoServe
                       "--prompt_extend_model", str(qwen_dir)]),
         "t2i-14B": ("t2i_14B_singleGPU.py", ["--ckpt_dir", str(t2v_ckpt)]),
         "i2v-14B": ("i2v_14B_singleGPU.py", ["--ckpt_dir_480p", str(i2v_ckpt)]),
+        # the official demo's file name and flag
+        "flf2v-14B": ("fl2v_14B_singleGPU.py", ["--ckpt_dir_720p", str(flf2v_ckpt)]),
     }
     servers = {name: DemoServer(script, args, tmp_path_factory.mktemp(f"demo_{name}"))
                for name, (script, args) in specs.items()}
@@ -372,7 +374,7 @@ def test_failed_job_is_reported_and_the_next_one_runs(t2v_ckpt, tmp_path):
     demo = wan_demo.WanDemo(spec, args)
     demo.pipelines[""] = FlakyPipeline()
     progress = []
-    job = ("a cat", None, SIZE, 1, 1, 5.0, 8.0, 4, "")
+    job = ("a cat", {}, SIZE, 1, 1, 5.0, 8.0, 4, "")
     with pytest.raises(gr.Error, match=r"Generation failed \(RuntimeError: CUDA out of memory"):
         demo.generate(*job, progress=lambda *a, **k: progress.append((a, k)))
     out, seed, info = demo.generate(*job, progress=lambda *a, **k: progress.append((a, k)))
@@ -568,3 +570,54 @@ def test_client_i2v(demos, tmp_path):
     # Prompt enhance without an image is refused politely: the prompt comes back unchanged.
     assert client.predict(prompt="waves", tar_lang="EN", seed=1, image=None,
                           api_name="/enhance_prompt") == "waves"
+
+
+def test_browser_flf2v_two_images_then_video(demos, page, tmp_path):
+    server = demos["flf2v-14B"].wait_until_up()
+    open_demo(page, server)
+    assert page.locator("#shift input[type=number]").input_value() == "16"  # the task's default
+    choose(page, "resolution", "480P")
+    fill_common(page, "a bird takes off", steps=1, seed=31, frames=5)
+    page.locator("#first_frame input[type=file]").set_input_files(
+        str(ROOT / "examples" / "flf2v_input_first_frame.png"))
+    page.locator("#first_frame img").wait_for()
+    page.locator("#generate").click()  # no last frame
+    expect_message(page, "Please upload the last frame")
+    dismiss_messages(page)
+    page.locator("#last_frame input[type=file]").set_input_files(
+        str(ROOT / "examples" / "flf2v_input_last_frame.png"))
+    page.locator("#last_frame img").wait_for()
+    page.locator("#generate").click()
+    wait_for_seed(page, 31)
+    check_video_in_page(page, tmp_path, frames=5, size=(832, 464))
+    side = sidecar_for(server.output_dir, 31)
+    assert side["task"] == "flf2v-14B" and side["size"] == "832*480"
+    assert Path(side["first_frame"]).is_file() and Path(side["last_frame"]).is_file()
+
+
+def test_client_flf2v_named_inputs_and_replay(demos, tmp_path):
+    """The API names the two images; the sidecar replays with generate.py."""
+    import generate
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    server = demos["flf2v-14B"].wait_until_up()
+    client = _client(server)
+    params = client.view_api(print_info=False, return_format="dict")["named_endpoints"][
+        "/generate"]["parameters"]
+    assert [p["parameter_name"] for p in params][:3] == ["prompt", "first_frame", "last_frame"]
+    first = handle_file(str(write_image(tmp_path / "a.png", (200, 120))))
+    last = handle_file(str(write_image(tmp_path / "b.png", (90, 160))))
+    job = dict(prompt="a slow zoom", resolution="480P", frames=5, steps=1, guide_scale=5.0,
+               shift=16.0, negative_prompt="", api_name="/generate")
+    with pytest.raises(AppError, match="Please upload the first frame"):
+        client.predict(first_frame=None, last_frame=last, seed=1, **job)
+    video, seed, _ = client.predict(first_frame=first, last_frame=last, seed=12, **job)
+    n, w, h = mp4_info(video)
+    assert seed == 12 and n == 5 and w > h  # the first frame (landscape) sets the aspect
+    side = next(p for p in server.output_dir.glob("*.json")
+                if json.loads(p.read_text())["base_seed"] == 12)
+    again = tmp_path / "again.mp4"
+    assert generate.main(["--replay", str(side), "--save_file", str(again),
+                          "--device", "cpu"]) == 0
+    assert mp4_info(again) == (n, w, h)

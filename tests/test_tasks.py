@@ -175,7 +175,7 @@ def error_cases(ckpts, tmp_path):
           out, "--first_frame", img], "task t2i-14B takes no --first_frame; it takes only --prompt"),
         (["--task", "i2v-14B", "--size", "832*480", "--ckpt_dir", ckpts["flf2v"], "--save_file",
           out, "--src_video", clip], "task i2v-14B takes no --src_video; it takes --image"),
-        (t2v + ["--src_video", bad_video], "cannot read the video"),
+        (t2v + ["--src_video", bad_video], "--src_video: cannot read"),
         (t2v + ["--src_video", tmp_path / "none.mp4"], "--src_video video not found"),
         (t2v + ["--src_video", clip, "--frame_num", "13"],
          "has 9 frames but --frame_num is 13"),
