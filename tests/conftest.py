@@ -14,6 +14,19 @@ if str(ROOT) not in sys.path:
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+def fp32_config(task: str):
+    """A copy of the task's config that runs everything in fp32 (for parity tests)."""
+    import copy
+
+    from wan.configs import WAN_CONFIGS
+
+    cfg = copy.deepcopy(WAN_CONFIGS[task])
+    cfg.param_dtype = cfg.t5_dtype = torch.float32
+    if "clip_dtype" in cfg:
+        cfg.clip_dtype = torch.float32
+    return cfg
+
+
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """||a - b|| / ||b|| over the whole tensor (b is the reference)."""
     a, b = a.detach().double().cpu(), b.detach().double().cpu()

@@ -8,7 +8,6 @@ Error handling runs through ``torchrun generate.py`` with short timeouts.
 
 from __future__ import annotations
 
-import copy
 import os
 import socket
 import subprocess
@@ -22,7 +21,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from conftest import rel_err
+from conftest import fp32_config, rel_err
 
 ROOT = Path(__file__).resolve().parents[1]
 WORLD = 2
@@ -42,14 +41,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def fp32_config(task: str):
-    from wan.configs import WAN_CONFIGS
-
-    cfg = copy.deepcopy(WAN_CONFIGS[task])
-    cfg.param_dtype = cfg.t5_dtype = torch.float32
-    if "clip_dtype" in cfg:
-        cfg.clip_dtype = torch.float32
-    return cfg
 
 
 def make_image():

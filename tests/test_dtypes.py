@@ -9,7 +9,6 @@ route, and to fp32 rounding in an fp32 config.
 
 from __future__ import annotations
 
-import copy
 import logging
 import shutil
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch
 import torch.multiprocessing as mp
 from PIL import Image
 
-from conftest import rel_err
+from conftest import fp32_config, rel_err
 from wan.configs import WAN_CONFIGS
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -73,12 +72,6 @@ def folders(t2v_ckpt, i2v_ckpt, tmp_path_factory):
     return out
 
 
-def fp32_config(task: str):
-    cfg = copy.deepcopy(WAN_CONFIGS[task])
-    cfg.param_dtype = cfg.t5_dtype = torch.float32
-    if "clip_dtype" in cfg:
-        cfg.clip_dtype = torch.float32
-    return cfg
 
 
 def image():

@@ -1,6 +1,5 @@
 """End-to-end: WanT2V / WanI2V against diffusers' WanPipeline and the official recipe."""
 
-import copy
 from types import MethodType
 
 import numpy as np
@@ -8,18 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import rel_err
+from conftest import fp32_config, rel_err
 from wan.configs import WAN_CONFIGS
 from wan.image2video import first_frame_mask, i2v_latent_size
 from wan.sampling import initial_noise
 
 
-def fp32_config(task):
-    cfg = copy.deepcopy(WAN_CONFIGS[task])
-    cfg.param_dtype = cfg.t5_dtype = torch.float32
-    if "clip_dtype" in cfg:
-        cfg.clip_dtype = torch.float32
-    return cfg
 
 
 def diffusers_pipeline(ckpt, steps, shift):

@@ -548,8 +548,8 @@ class WanModel(nn.Module):
         modulation, the time MLP and the head stay in ``torch_dtype``.
         ``model_type``, if given, is checked against the checkpoint.
         """
-        from ..utils.checkpoint import (CheckpointError, find_safetensors, load_into_meta_module,
-                                        load_safetensors, read_json, require_dir)
+        from ..utils.checkpoint import (find_safetensors, load_into_meta_module, load_safetensors,
+                                        read_json, require_dir)
 
         folder = require_dir(checkpoint_dir, "DiT checkpoint")
         cfg = read_json(Path(folder) / "config.json", "DiT config")
