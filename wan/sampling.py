@@ -1,9 +1,17 @@
-"""The denoising loop shared by every task (t2v, t2i, i2v).
+"""The denoising loop shared by every task.
 
 Task pipelines only prepare their conditioning (text context, and for i2v the
-CLIP features and the masked first-frame latents ``y``); this module turns
-initial noise into a clean latent with classifier-free guidance and one of the
-flow-matching solvers of :mod:`wan.utils.fm_solvers`.
+CLIP features and the masked first-frame latents ``y``) and their per-step
+choices; this module turns initial noise into a clean latent with
+classifier-free guidance and one of the flow-matching solvers of
+:mod:`wan.utils.fm_solvers`. What varies between tasks reaches the loop as data:
+
+* the start step (video-to-video) and its initial latent;
+* the model of each step (:class:`Experts`: Wan2.2 A14B's high- and low-noise
+  experts) and its guide scale;
+* the timesteps the model sees (``timestep_fn``: TI2V's per-token timesteps);
+* a latent constraint applied before the first and after every step
+  (``constraint``: TI2V keeps the image's first latent frame).
 """
 
 from __future__ import annotations
@@ -12,7 +20,7 @@ import logging
 import random
 import sys
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -21,8 +29,8 @@ from tqdm import tqdm
 from .modules.model import cached_context
 from .utils.fm_solvers import make_sampler
 
-__all__ = ["Conditioning", "resolve_seed", "initial_noise", "sample", "autocast_for",
-           "v2v_start_step"]
+__all__ = ["Conditioning", "Experts", "resolve_seed", "initial_noise", "sample", "autocast_for",
+           "v2v_start_step", "guide_pair"]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +42,50 @@ class Conditioning:
     clip_fea: torch.Tensor | None = None  # [1, 257, clip_dim] (i2v)
     y: torch.Tensor | None = None         # [4 + 16, F, H, W] mask + first-frame latents (i2v)
     extra: dict = field(default_factory=dict)
+
+
+GuideScale = float | tuple[float, float]
+
+
+def guide_pair(guide_scale: GuideScale) -> tuple[float, float]:
+    """``(low, high)`` guide scales: a pair as given (the official order), or one number twice."""
+    if isinstance(guide_scale, (tuple, list)):
+        if len(guide_scale) != 2:
+            raise ValueError(f"guide_scale must be a number or a (low, high) pair, got "
+                             f"{guide_scale!r}")
+        low, high = (float(g) for g in guide_scale)
+    else:
+        low = high = float(guide_scale)
+    for g in (low, high):
+        if not g >= 0:  # also NaN
+            raise ValueError(f"guide_scale must be >= 0, got {guide_scale!r}")
+    return low, high
+
+
+@dataclass
+class Experts:
+    """Wan2.2 A14B's two experts: ``high`` runs while ``t >= boundary`` (in timestep units,
+    ``config.boundary * num_train_timesteps``), ``low`` after, as the official code.
+
+    ``activate(name)`` (optional) is called when the loop switches to the expert
+    ``'high'`` or ``'low'`` (the pipelines move it onto the accelerator there);
+    ``history`` records the expert of every step that ran.
+    """
+    high: Callable
+    low: Callable
+    boundary: float
+    activate: Callable[[str], None] | None = None
+    history: list[str] = field(default_factory=list)
+
+    def name_for(self, t: float) -> str:
+        return "high" if t >= self.boundary else "low"
+
+    def pick(self, t: float) -> tuple[str, Callable]:
+        name = self.name_for(t)
+        if self.activate is not None and (not self.history or self.history[-1] != name):
+            self.activate(name)
+        self.history.append(name)
+        return name, self.high if name == "high" else self.low
 
 
 def resolve_seed(seed: int) -> int:
@@ -81,23 +133,42 @@ def _batched(branches: list[Conditioning]) -> dict:
         kwargs["clip_fea"] = torch.cat([b.clip_fea for b in branches])
     if branches[0].y is not None:
         kwargs["y"] = [b.y for b in branches]
+    for key, value in branches[0].extra.items():
+        # per-sample tensors (e.g. VACE's context latents) go as a list; settings as they are
+        kwargs[key] = [b.extra[key] for b in branches] if isinstance(value, torch.Tensor) \
+            else value
     return kwargs
 
 
+def _expand_batch(t: torch.Tensor, n: int) -> torch.Tensor:
+    """The timesteps of one sample (``[1]`` or ``[1, L]``) for a batch of ``n``."""
+    return t.expand(n, *t.shape[1:])
+
+
 @torch.no_grad()
-def sample(model: Callable, noise: torch.Tensor, cond: Conditioning, uncond: Conditioning,
-           seq_len: int, solver: str = "unipc", steps: int = 50, shift: float = 5.0,
-           guide_scale: float = 5.0, num_train_timesteps: int = 1000,
+def sample(model: Callable | Experts, noise: torch.Tensor, cond: Conditioning,
+           uncond: Conditioning, seq_len: int, solver: str = "unipc", steps: int = 50,
+           shift: float = 5.0, guide_scale: GuideScale = 5.0, num_train_timesteps: int = 1000,
            param_dtype: torch.dtype = torch.float32, batch_cfg: bool = True,
            progress: bool = True, on_step: Callable[[int, int], None] | None = None,
-           start_step: int = 0, init_latent: torch.Tensor | None = None) -> torch.Tensor:
-    """Run the sampler from ``noise`` and return the final latent ``[16, F, H, W]`` (fp32).
+           start_step: int = 0, init_latent: torch.Tensor | None = None,
+           timestep_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+           constraint: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """Run the sampler from ``noise`` and return the final latent ``[C, F, H, W]`` (fp32).
 
     Each step evaluates the DiT on the conditional and unconditional branch
     (one batch of two when ``batch_cfg``; two calls otherwise, which needs less
-    memory) and combines them as ``uncond + guide_scale * (cond - uncond)``.
-    ``on_step(done, total)`` is called after every step (progress bars of the demos),
-    with ``total = steps - start_step``.
+    memory) and combines them as ``uncond + guide_scale * (cond - uncond)``; a
+    guide scale of 1 evaluates the conditional branch only. ``on_step(done,
+    total)`` is called after every step (progress bars of the demos), with
+    ``total = steps - start_step``.
+
+    ``model`` is one DiT, or :class:`Experts` choosing one per step; then
+    ``guide_scale`` may be a ``(low, high)`` pair, used with its expert (a plain
+    number serves both). ``timestep_fn`` maps the step's timestep ``[1]`` to what
+    the model is given (TI2V: per-token timesteps ``[1, L]``). ``constraint``
+    (optional) is applied to the latent before the first step and after every
+    step (TI2V: the first latent frame is kept the image's).
 
     Video-to-video: ``start_step = k > 0`` (see :func:`v2v_start_step`) enters
     the grid of ``steps`` at step ``k`` from ``x_k = sigma_k * noise + (1 - sigma_k)
@@ -107,6 +178,10 @@ def sample(model: Callable, noise: torch.Tensor, cond: Conditioning, uncond: Con
     plain generation from ``noise`` (``init_latent`` must then be None).
     """
     device = noise.device
+    low_guide, high_guide = guide_pair(guide_scale)
+    if not isinstance(model, Experts) and low_guide != high_guide:
+        raise ValueError(f"a (low, high) guide scale pair needs two experts (Wan2.2 A14B); "
+                         f"this model takes one guide scale, got {guide_scale!r}")
     sampler = make_sampler(solver, steps, shift, num_train_timesteps, device=device)
     sampler.reset(start_step)  # validates start_step
     if start_step == 0:
@@ -120,22 +195,35 @@ def sample(model: Callable, noise: torch.Tensor, cond: Conditioning, uncond: Con
                              f"{None if init_latent is None else tuple(init_latent.shape)}")
         sigma = sampler.sigmas[start_step].to(device)
         latent = (1 - sigma) * init_latent.to(device, noise.dtype) + sigma * noise
+    if constraint is not None:
+        latent = constraint(latent)
     timesteps = sampler.timesteps.to(device)
     total = len(timesteps) - start_step
     both, only_c, only_u = _batched([cond, uncond]), _batched([cond]), _batched([uncond])
+    models = [model.high, model.low] if isinstance(model, Experts) else [model]
     bar = tqdm(total=total, desc="denoising", disable=not progress, leave=False)
-    with autocast_for(device, param_dtype), cached_context(model):
+    with autocast_for(device, param_dtype), ExitStack() as stack:
+        for m in models:
+            stack.enter_context(cached_context(m))
         for i in range(start_step, len(timesteps)):
             t = timesteps[i].view(1)
-            if batch_cfg and guide_scale != 1.0:
-                out = model([latent, latent], t=t.expand(2), seq_len=seq_len, **both)
+            if isinstance(model, Experts):
+                name, dit = model.pick(t.item())
+                guide = high_guide if name == "high" else low_guide
+            else:
+                dit, guide = model, high_guide
+            t_in = timestep_fn(t) if timestep_fn is not None else t
+            if batch_cfg and guide != 1.0:
+                out = dit([latent, latent], t=_expand_batch(t_in, 2), seq_len=seq_len, **both)
                 flow_c, flow_u = out[0], out[1]
             else:
-                flow_c = model([latent], t=t, seq_len=seq_len, **only_c)[0]
-                flow_u = flow_c if guide_scale == 1.0 else \
-                    model([latent], t=t, seq_len=seq_len, **only_u)[0]
-            flow = flow_u + guide_scale * (flow_c - flow_u)
+                flow_c = dit([latent], t=t_in, seq_len=seq_len, **only_c)[0]
+                flow_u = flow_c if guide == 1.0 else \
+                    dit([latent], t=t_in, seq_len=seq_len, **only_u)[0]
+            flow = flow_u + guide * (flow_c - flow_u)
             latent = sampler.step(flow.float(), i, latent)
+            if constraint is not None:
+                latent = constraint(latent)
             bar.update(1)
             if on_step is not None:
                 on_step(i + 1 - start_step, total)
