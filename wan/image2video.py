@@ -70,18 +70,26 @@ def image_to_tensor(img) -> torch.Tensor:
 
 
 class WanI2V(WanPipelineBase):
-    """Image-to-video pipeline with the official constructor and ``generate`` signature."""
+    """Image-to-video pipeline with the official constructor and ``generate`` signature.
+
+    Runs Wan2.1 I2V-14B (CLIP image tokens + the first-frame latents) and Wan2.2
+    I2V-A14B (two experts, the first-frame latents only): a config without a CLIP
+    checkpoint loads no image encoder, and its DiT has no image tokens.
+    """
 
     model_type = "i2v"
 
     def __init__(self, config, checkpoint_dir, device_id=0, rank=0, t5_fsdp=False, dit_fsdp=False,
-                 use_usp=False, t5_cpu=False, init_on_cpu=True, dit_offload_blocks=0):
-        # init_on_cpu is kept for compatibility: components start on the CPU and
-        # move to the accelerator when first used.
+                 use_usp=False, t5_cpu=False, init_on_cpu=True, dit_offload_blocks=0,
+                 use_sp=None, convert_model_dtype=False):
         super().__init__(config, checkpoint_dir, device_id, rank, t5_fsdp, dit_fsdp, use_usp,
-                         t5_cpu, dit_offload_blocks)
+                         t5_cpu, dit_offload_blocks, use_sp=use_sp, init_on_cpu=init_on_cpu,
+                         convert_model_dtype=convert_model_dtype)
 
     def _load_extra_encoders(self, config) -> None:
+        self.clip = None
+        if not config.get("clip_checkpoint"):
+            return  # Wan2.2 I2V-A14B: the image reaches the DiT through y only
         with stage("loading the image encoder"):
             self.clip = CLIPModel(dtype=config.clip_dtype, device=torch.device("cpu"),
                                   checkpoint_path=self.checkpoint_dir / config.clip_checkpoint,
@@ -124,11 +132,13 @@ class WanI2V(WanPipelineBase):
         mask = frame_mask(frame_num, lat_h, lat_w, self.device, last=len(images) > 1)
         context, context_null = self.encode_text([input_prompt, n_prompt], offload_model)
 
-        self._activate("clip", offload_model)
+        clip_fea = None
         with stage("image encoding"), torch.no_grad():
-            # fp32 holds the half-precision features exactly (the DiT normalises them in fp32).
-            clip_fea = self.clip.visual([u.to(self.device)[:, None] for u in images]).float()
-            clip_fea = clip_fea.reshape(1, -1, clip_fea.size(-1))
+            if self.clip is not None:
+                self._activate("clip", offload_model)
+                # fp32 holds the half-precision features exactly (the DiT normalises them in fp32)
+                clip_fea = self.clip.visual([u.to(self.device)[:, None] for u in images]).float()
+                clip_fea = clip_fea.reshape(1, -1, clip_fea.size(-1))
             resized = [F.interpolate(u[None].cpu(), size=(h, w), mode="bicubic").transpose(0, 1)
                        for u in images]
             frames = torch.cat([resized[0], torch.zeros(3, frame_num - len(images), h, w),

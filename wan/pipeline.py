@@ -20,7 +20,7 @@ import torch.distributed as dist
 from .modules.model import WanModel
 from .modules.t5 import T5EncoderModel
 from .modules.vae import WanVAE
-from .sampling import Conditioning, initial_noise, resolve_seed, sample
+from .sampling import Conditioning, Experts, guide_pair, initial_noise, resolve_seed, sample
 from .utils.checkpoint import require_dir
 from .utils.device import empty_cache, resolve_device
 from .utils.fm_solvers import SOLVERS
@@ -46,7 +46,11 @@ class WanPipelineBase:
     def __init__(self, config, checkpoint_dir: str | os.PathLike,
                  device_id: int | str | torch.device = 0, rank: int = 0, t5_fsdp: bool = False,
                  dit_fsdp: bool = False, use_usp: bool = False, t5_cpu: bool = False,
-                 dit_offload_blocks: int = 0):
+                 dit_offload_blocks: int = 0, use_sp: bool | None = None,
+                 init_on_cpu: bool = True, convert_model_dtype: bool = False):
+        # use_sp is Wan2.2's name of use_usp; init_on_cpu is kept for the official signature
+        # (components start on the CPU and move to the accelerator when first used).
+        use_usp = use_usp or bool(use_sp)
         self.config = config
         self.checkpoint_dir = Path(require_dir(checkpoint_dir, "checkpoint"))
         self.device = resolve_device(device_id)
@@ -57,6 +61,7 @@ class WanPipelineBase:
         self.vae_stride = tuple(config.vae_stride)
         self.patch_size = tuple(config.patch_size)
         self.sample_neg_prompt = config.sample_neg_prompt
+        self.boundary = config.get("boundary")
         self.last_seed: int | None = None
         self.sp_size = 1
         self._on_device: set[str] = set()
@@ -66,6 +71,7 @@ class WanPipelineBase:
             from .distributed.fsdp import shard_model
             shard_fn = partial(shard_model, device_id=self.device)
 
+        dit_folders = self._dit_folders(config)  # a wrong folder fails before any loading
         with stage("loading the text encoder"):
             self.text_encoder = T5EncoderModel(
                 text_len=config.text_len, dtype=config.t5_dtype, device=torch.device("cpu"),
@@ -73,28 +79,98 @@ class WanPipelineBase:
                 tokenizer_path=self.checkpoint_dir / config.t5_tokenizer,
                 shard_fn=shard_fn if t5_fsdp else None)
         with stage("loading the VAE"):
-            self.vae = WanVAE(vae_pth=self.checkpoint_dir / config.vae_checkpoint,
-                              device=torch.device("cpu"))
+            self.vae = self._load_vae(config)
         self._load_extra_encoders(config)
-        with stage("loading the DiT"):
-            half = self.param_dtype if self.param_dtype in (torch.bfloat16, torch.float16) else None
-            self.model = WanModel.from_pretrained(
-                self.checkpoint_dir, model_type=self.model_type, matmul_dtype=half,
-                torch_dtype=None if half else self.param_dtype)
+        self.dits: dict[str, torch.nn.Module] = {}
+        for name, folder in dit_folders.items():
+            with stage(f"loading the DiT{'' if name == 'dit' else f' ({name}-noise expert)'}"):
+                self.dits[name] = self._load_dit(folder, convert_model_dtype)
+        self._check_experts()
         self._check_text_width()
 
-        if use_usp:
-            from .distributed.sequence_parallel import enable_sequence_parallel
-            self.sp_size = enable_sequence_parallel(self.model)
-        if dist.is_available() and dist.is_initialized():
-            dist.barrier()
-        if dit_fsdp:
-            self.model = shard_fn(self.model)
-            self._on_device.add("dit")
-        elif dit_offload_blocks > 0 and self.device.type != "cpu":
-            from .utils.offload import enable_block_offload
-            enable_block_offload(self.model, self.device, resident=dit_offload_blocks)
-            self._on_device.add("dit")
+        for name in list(self.dits):
+            if use_usp:
+                from .distributed.sequence_parallel import enable_sequence_parallel
+                self.sp_size = enable_sequence_parallel(self.dits[name])
+            if dist.is_available() and dist.is_initialized():
+                dist.barrier()
+            if dit_fsdp:
+                self.dits[name] = shard_fn(self.dits[name])
+                self._on_device.add(name)
+            elif dit_offload_blocks > 0 and self.device.type != "cpu":
+                from .utils.offload import enable_block_offload
+                enable_block_offload(self.dits[name], self.device, resident=dit_offload_blocks)
+                self._on_device.add(name)
+
+    # ---------------------------------------------------------------- the DiT(s)
+    @property
+    def model(self) -> torch.nn.Module | None:
+        """The DiT (None for the two-expert Wan2.2 A14B models: see the properties below)."""
+        return self.dits.get("dit")
+
+    @property
+    def high_noise_model(self) -> torch.nn.Module | None:
+        return self.dits.get("high")
+
+    @property
+    def low_noise_model(self) -> torch.nn.Module | None:
+        return self.dits.get("low")
+
+    @property
+    def is_moe(self) -> bool:
+        return "high" in self.dits
+
+    def _dit_folders(self, config) -> dict[str, Path]:
+        """``{'dit': folder}``, or for the Wan2.2 A14B models ``{'high': ..., 'low': ...}``."""
+        from .utils.checkpoint import CheckpointError
+
+        root = self.checkpoint_dir
+        if config.get("high_noise_checkpoint"):
+            folders = {"high": root / config.high_noise_checkpoint,
+                       "low": root / config.low_noise_checkpoint}
+            missing = [f.name for f in folders.values() if not f.is_dir()]
+            if missing:
+                found = (" It holds a single DiT at its top (config.json): a Wan2.1 checkpoint? "
+                         "Use its Wan2.1 task." if (root / "config.json").is_file() else "")
+                raise CheckpointError(
+                    f"'{root}' is not a Wan2.2 A14B checkpoint folder: the expert folder "
+                    f"'{missing[0]}/' is missing (it needs 'high_noise_model/' and "
+                    f"'low_noise_model/').{found}")
+            return folders
+        if not (root / "config.json").is_file() and (root / "high_noise_model").is_dir():
+            raise CheckpointError(
+                f"'{root}' holds the two experts of a Wan2.2 A14B model (high_noise_model/, "
+                f"low_noise_model/), not a single DiT: use --task t2v-A14B or i2v-A14B.")
+        return {"dit": root}
+
+    def _load_dit(self, folder: Path, convert_model_dtype: bool = False) -> torch.nn.Module:
+        """The DiT in ``folder`` with the config's dtype policy: bf16 (fp16) matmul weights
+        under mixed precision, the rest fp32 (``convert_model_dtype``: everything in
+        ``param_dtype``, as the official ``--convert_model_dtype``)."""
+        half = self.param_dtype if self.param_dtype in (torch.bfloat16, torch.float16) else None
+        rest = self.param_dtype if convert_model_dtype or half is None else torch.float32
+        return self.dit_class().from_pretrained(folder, model_type=self.model_type,
+                                                matmul_dtype=half, torch_dtype=rest)
+
+    @staticmethod
+    def dit_class() -> type:
+        return WanModel
+
+    def _load_vae(self, config):
+        return WanVAE(vae_pth=self.checkpoint_dir / config.vae_checkpoint,
+                      device=torch.device("cpu"))
+
+    def _check_experts(self) -> None:
+        if not self.is_moe:
+            return
+        high, low = self.dits["high"].config, self.dits["low"].config
+        if high != low:
+            from .utils.checkpoint import CheckpointError
+            diff = next(k for k in high if high[k] != low.get(k))
+            raise CheckpointError(
+                f"the two experts in '{self.checkpoint_dir}' differ ({diff}: "
+                f"{high[diff]} in high_noise_model/ vs {low[diff]} in low_noise_model/): "
+                f"they must be the two halves of one Wan2.2 A14B download.")
 
     # ---------------------------------------------------------------- hooks
     def _load_extra_encoders(self, config) -> None:
@@ -102,15 +178,16 @@ class WanPipelineBase:
 
     def _check_text_width(self) -> None:
         t5_dim = self.text_encoder.model.token_embedding.weight.shape[1]
-        if t5_dim != self.model.text_dim:
+        dit = next(iter(self.dits.values()))
+        if t5_dim != dit.text_dim:
             from .utils.checkpoint import CheckpointError
             raise CheckpointError(
                 f"the text encoder in '{self.checkpoint_dir}' is {t5_dim} wide but the DiT expects "
-                f"{self.model.text_dim}: the folder mixes files of different models.")
+                f"{dit.text_dim}: the folder mixes files of different models.")
 
     # ---------------------------------------------------------------- placement
     def _modules(self) -> dict[str, torch.nn.Module]:
-        mods = {"t5": self.text_encoder.model, "vae": self.vae.model, "dit": self.model}
+        mods = {"t5": self.text_encoder.model, "vae": self.vae.model, **self.dits}
         clip = getattr(self, "clip", None)
         if clip is not None:
             mods["clip"] = clip.model
@@ -124,9 +201,13 @@ class WanPipelineBase:
         from .distributed.fsdp import is_sharded
         return is_sharded(module)
 
+    def _managed(self, name: str) -> bool:
+        """FSDP-sharded or block-offloaded: placement is managed elsewhere."""
+        return self._sharded(name) or hasattr(self.dits.get(name), "_block_offloader")
+
     def _move(self, name: str, device: torch.device) -> None:
-        if self._sharded(name) or (name == "dit" and hasattr(self.model, "_block_offloader")):
-            return  # FSDP-sharded or block-offloaded: placement is managed elsewhere
+        if self._managed(name):
+            return
         if name == "vae":
             self.vae.to(device)
         else:
@@ -138,8 +219,7 @@ class WanPipelineBase:
             return
         if offload_model:
             for other in list(self._on_device):
-                if other != name and not self._sharded(other) and not (
-                        other == "dit" and hasattr(self.model, "_block_offloader")):
+                if other != name and not self._managed(other):
                     self._move(other, torch.device("cpu"))
                     self._on_device.discard(other)
             empty_cache(self.device)
@@ -168,19 +248,28 @@ class WanPipelineBase:
         return math.ceil(tokens / self.sp_size) * self.sp_size
 
     def denoise(self, noise: torch.Tensor, cond: Conditioning, uncond: Conditioning, seq_len: int,
-                sample_solver: str, sampling_steps: int, shift: float, guide_scale: float,
-                offload_model: bool, on_step=None, start_step: int = 0,
-                init_latent: torch.Tensor | None = None) -> torch.Tensor:
-        """The sampling loop on the DiT; ``start_step``/``init_latent``: see :func:`sample`."""
-        self._activate("dit", offload_model)
-        steps = (f"{sampling_steps} steps" if start_step == 0 else
-                 f"steps {start_step + 1}-{sampling_steps} of {sampling_steps}")
+                sample_solver: str, sampling_steps: int, shift: float, guide_scale,
+                offload_model: bool, on_step=None, **plan) -> torch.Tensor:
+        """The sampling loop on the DiT (or the two experts); ``plan``: the per-step inputs of
+        :func:`wan.sampling.sample` (``start_step``/``init_latent``, ``timestep_fn``,
+        ``constraint``)."""
+        if self.is_moe:
+            model = Experts(self.dits["high"], self.dits["low"],
+                            boundary=self.boundary * self.num_train_timesteps,
+                            activate=lambda name: self._activate(name, offload_model))
+            self.last_experts = model.history
+        else:
+            self._activate("dit", offload_model)
+            model = self.model
+        start = plan.get("start_step", 0)
+        steps = (f"{sampling_steps} steps" if start == 0 else
+                 f"steps {start + 1}-{sampling_steps} of {sampling_steps}")
         with stage(f"denoising ({steps}, {sample_solver})"):
-            return sample(self.model, noise, cond, uncond, seq_len, solver=sample_solver,
+            return sample(model, noise, cond, uncond, seq_len, solver=sample_solver,
                           steps=sampling_steps, shift=shift, guide_scale=guide_scale,
                           num_train_timesteps=self.num_train_timesteps,
                           param_dtype=self.param_dtype, progress=self.rank == 0, on_step=on_step,
-                          start_step=start_step, init_latent=init_latent)
+                          **plan)
 
     def decode(self, latent: torch.Tensor, offload_model: bool) -> torch.Tensor:
         """Latent -> video ``[3, F, H, W]`` in [-1, 1] (the VAE computes in its own dtype, fp32)."""
@@ -202,8 +291,7 @@ class WanPipelineBase:
                              f"{', '.join(SOLVERS)}")
         if sampling_steps < 1:
             raise ValueError(f"sampling_steps must be at least 1, got {sampling_steps}")
-        if guide_scale < 0:
-            raise ValueError(f"guide_scale must be >= 0, got {guide_scale}")
+        guide_pair(guide_scale)  # a number or a (low, high) pair, each >= 0
         if shift <= 0:
             raise ValueError(f"shift must be > 0, got {shift}")
 

@@ -23,8 +23,15 @@ class WanT2V(WanPipelineBase):
         device_id: CUDA index, or a ``torch.device`` / ``'cpu'`` / ``'mps'``.
         rank: process rank (multi-GPU).
         t5_fsdp, dit_fsdp: shard T5 / the DiT with FSDP (multi-GPU).
-        use_usp: sequence-parallel attention (multi-GPU).
+        use_usp: sequence-parallel attention (multi-GPU); ``use_sp`` is Wan2.2's name.
         t5_cpu: keep the text encoder on the CPU.
+        init_on_cpu: kept for the official signature (components start on the CPU).
+        convert_model_dtype: store the whole DiT in the config's ``param_dtype``
+            (Wan2.2's ``--convert_model_dtype``).
+
+    A Wan2.2 A14B config (``t2v-A14B``) loads the two experts of the folder
+    (``high_noise_model/``, ``low_noise_model/``); ``generate``'s ``guide_scale``
+    may then be a ``(low, high)`` pair.
     """
 
     model_type = "t2v"

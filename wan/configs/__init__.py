@@ -1,4 +1,4 @@
-"""Configurations of the released Wan2.1 models and the supported output sizes."""
+"""Configurations of the released Wan2.1 and Wan2.2 models and the supported output sizes."""
 
 import copy
 import os
@@ -7,8 +7,11 @@ os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
 
 from .wan_flf2v_14B import flf2v_14B
 from .wan_i2v_14B import i2v_14B
+from .wan_i2v_A14B import i2v_A14B
 from .wan_t2v_1_3B import t2v_1_3B
 from .wan_t2v_14B import t2v_14B
+from .wan_t2v_A14B import t2v_A14B
+from .wan_ti2v_5B import ti2v_5B
 
 # Text-to-image uses the T2V-14B weights, one frame.
 t2i_14B = copy.deepcopy(t2v_14B)
@@ -21,6 +24,10 @@ WAN_CONFIGS = {
     'i2v-14B': i2v_14B,
     't2i-14B': t2i_14B,
     'flf2v-14B': flf2v_14B,
+    # Wan2.2
+    't2v-A14B': t2v_A14B,
+    'i2v-A14B': i2v_A14B,
+    'ti2v-5B': ti2v_5B,
 }
 
 # "W*H" -> (width, height)
@@ -30,6 +37,8 @@ SIZE_CONFIGS = {
     '480*832': (480, 832),
     '832*480': (832, 480),
     '1024*1024': (1024, 1024),
+    '704*1280': (704, 1280),
+    '1280*704': (1280, 704),
 }
 
 MAX_AREA_CONFIGS = {
@@ -37,6 +46,8 @@ MAX_AREA_CONFIGS = {
     '1280*720': 1280 * 720,
     '480*832': 480 * 832,
     '832*480': 832 * 480,
+    '704*1280': 704 * 1280,
+    '1280*704': 1280 * 704,
 }
 
 SUPPORTED_SIZES = {
@@ -46,7 +57,11 @@ SUPPORTED_SIZES = {
     't2i-14B': tuple(SIZE_CONFIGS.keys()),
     # trained for 720P; the 480P sizes are allowed as in the official table
     'flf2v-14B': ('720*1280', '1280*720', '480*832', '832*480'),
+    't2v-A14B': ('720*1280', '1280*720', '480*832', '832*480'),
+    'i2v-A14B': ('720*1280', '1280*720', '480*832', '832*480'),
+    'ti2v-5B': ('704*1280', '1280*704'),
 }
 
 __all__ = ['WAN_CONFIGS', 'SIZE_CONFIGS', 'MAX_AREA_CONFIGS', 'SUPPORTED_SIZES',
-           't2v_14B', 't2v_1_3B', 'i2v_14B', 't2i_14B', 'flf2v_14B']
+           't2v_14B', 't2v_1_3B', 'i2v_14B', 't2i_14B', 'flf2v_14B',
+           't2v_A14B', 'i2v_A14B', 'ti2v_5B']
