@@ -81,14 +81,34 @@ def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="denoising steps (default: the task's; 50, 40 for i2v)")
     p.add_argument("--sample_shift", type=float, default=None,
                    help="flow shift (default: the task's; 5.0, 3.0 for i2v at 480P, 16 for flf2v)")
-    p.add_argument("--sample_guide_scale", type=float, default=5.0,
-                   help="classifier-free guidance scale")
+    p.add_argument("--sample_guide_scale", type=_guide_scale, default=None, metavar="G|LOW,HIGH",
+                   help="classifier-free guidance scale (default: the task's, 5.0; Wan2.2 A14B: "
+                        "the config's (low, high) pair, one per expert); LOW,HIGH sets the "
+                        "two experts' scales")
+    p.add_argument("--convert_model_dtype", action="store_true",
+                   help="store the whole DiT in the config's param_dtype (bf16), as the "
+                        "official Wan2.2 commands do; default: bf16 matmul weights, fp32 norms "
+                        "and modulation")
     p.add_argument("--device", default=None,
                    help="cuda, cuda:N, mps or cpu (default: CUDA if available, else MPS, else CPU)")
     p.add_argument("--fps", type=int, default=None, help="frames per second of the MP4 (default 16)")
     p.add_argument("--replay", default=None, metavar="OUTPUT.json",
                    help="re-run the generation described by a sidecar file")
     return p.parse_args(argv)
+
+
+def _guide_scale(text: str) -> float | tuple[float, float]:
+    """``--sample_guide_scale``: one number, or ``LOW,HIGH`` (Wan2.2 A14B's two experts)."""
+    parts = [p.strip() for p in str(text).split(",")]
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or LOW,HIGH, got '{text}'") from None
+    if len(values) == 1:
+        return values[0]
+    if len(values) == 2:
+        return values[0], values[1]
+    raise argparse.ArgumentTypeError(f"expected a number or LOW,HIGH, got '{text}'")
 
 
 def replay_keys(task_name: str) -> tuple[str, ...]:
@@ -189,8 +209,18 @@ def _validate(args: argparse.Namespace, world_size: int) -> None:
         args.sample_shift = task.default_shift(args.size)
     if args.sample_shift <= 0:
         raise UsageError(f"--sample_shift must be > 0, got {args.sample_shift}")
-    if args.sample_guide_scale < 0:
-        raise UsageError(f"--sample_guide_scale must be >= 0, got {args.sample_guide_scale}")
+    if args.sample_guide_scale is None:
+        args.sample_guide_scale = task.guide_scale
+    if isinstance(args.sample_guide_scale, list):  # from a sidecar
+        args.sample_guide_scale = tuple(args.sample_guide_scale)
+    guides = args.sample_guide_scale if isinstance(args.sample_guide_scale, tuple) else \
+        (args.sample_guide_scale,)
+    if any(not g >= 0 for g in guides):
+        raise UsageError(f"--sample_guide_scale must be >= 0, got "
+                         f"{','.join(f'{g:g}' for g in guides)}")
+    if len(guides) == 2 and not task.config.get("boundary"):
+        raise UsageError(f"task {task.name} has one model: --sample_guide_scale takes one number, "
+                         f"got {guides[0]:g},{guides[1]:g} (LOW,HIGH is for the Wan2.2 A14B tasks)")
     if args.fps is not None and args.fps < 1:
         raise UsageError(f"--fps must be at least 1, got {args.fps}")
     if args.ulysses_size < 1 or args.ring_size < 1:
@@ -371,7 +401,7 @@ def generate(args: argparse.Namespace) -> Path | None:
         if world_size > 1:
             dist.broadcast_object_list(prompt, src=0)
         args.prompt = prompt[0]
-    log.info("Task %s, size %s, %d frames, %d steps (%s), shift %.2f, guide %.2f, seed %d, "
+    log.info("Task %s, size %s, %d frames, %d steps (%s), shift %.2f, guide %s, seed %d, "
              "device %s", args.task, args.size, args.frame_num, args.sample_steps,
              args.sample_solver, args.sample_shift, args.sample_guide_scale, args.base_seed, device)
     log.info("Prompt: %s", args.prompt)
@@ -381,7 +411,7 @@ def generate(args: argparse.Namespace) -> Path | None:
         config=cfg, checkpoint_dir=args.ckpt_dir, device_id=device, rank=rank,
         t5_fsdp=args.t5_fsdp, dit_fsdp=args.dit_fsdp,
         use_usp=args.ulysses_size > 1 or args.ring_size > 1, t5_cpu=args.t5_cpu,
-        dit_offload_blocks=args.dit_offload_blocks)
+        dit_offload_blocks=args.dit_offload_blocks, convert_model_dtype=args.convert_model_dtype)
     pipe.vae.tiling = args.vae_tiling
     area = {"max_area": MAX_AREA_CONFIGS[args.size]} if task.size_is_area else \
         {"size": SIZE_CONFIGS[args.size]}
@@ -407,7 +437,7 @@ def generate(args: argparse.Namespace) -> Path | None:
                     ckpt_dir=str(Path(args.ckpt_dir).resolve()), device=str(device),
                     offload_model=args.offload_model, t5_cpu=args.t5_cpu,
                     ulysses_size=args.ulysses_size, ring_size=args.ring_size,
-                    seconds=round(time.perf_counter() - t0, 2))
+                    convert_model_dtype=args.convert_model_dtype, seconds=round(time.perf_counter() - t0, 2))
     if args.use_prompt_extend:
         settings.update(original_prompt=original_prompt,
                         prompt_extend_method=args.prompt_extend_method,

@@ -66,7 +66,8 @@ class Task:
     frames: int                  # default --frame_num
     steps: int                   # default --sample_steps
     shift: float                 # default --sample_shift
-    guide_scale: float = 5.0     # default --sample_guide_scale (the official command line's)
+    guide_scale: float | tuple[float, float] = 5.0  # default --sample_guide_scale ((low, high)
+    #                                                  for the two Wan2.2 A14B experts)
     shift_480p: float | None = None  # default shift at the 480P sizes, where it differs
     size_is_area: bool = False   # --size is an area; the input image sets the aspect ratio
     output: str = "video"        # "video" (MP4) or "image" (PNG)
@@ -135,6 +136,12 @@ _STRENGTH = TaskOption(
     help="video-to-video: how much of the source to re-render, 0 < S <= 1 (default 0.8; "
          "1.0 ignores the source)")
 
+_IMAGE = TaskInput("image", "image", "img", example="examples/i2v_input.JPG",
+                   help="image-to-video: the first frame (its aspect ratio is kept)",
+                   label="Input image (the first frame)",
+                   missing="Please upload an input image: it becomes the first frame of the "
+                           "video.")
+
 TASKS: dict[str, Task] = {t.name: t for t in (
     Task("t2v-14B", "WanT2V", "text-to-video", "Wan2.1-T2V-14B", frames=81, steps=50,
          shift=5.0, inputs=(_SRC_VIDEO,), options=(_STRENGTH,), example_prompt=_T2V_PROMPT),
@@ -145,11 +152,7 @@ TASKS: dict[str, Task] = {t.name: t for t in (
          output="image", example_prompt="一个朴素端庄的美人"),
     Task("i2v-14B", "WanI2V", "image-to-video", "Wan2.1-I2V-14B-720P / -480P", frames=81,
          steps=40, shift=5.0, shift_480p=3.0, size_is_area=True,
-         inputs=(TaskInput("image", "image", "img", example="examples/i2v_input.JPG",
-                           help="image-to-video: the first frame (its aspect ratio is kept)",
-                           label="Input image (the first frame)",
-                           missing="Please upload an input image: it becomes the first frame "
-                                   "of the video."),),
+         inputs=(_IMAGE,),
          example_prompt=_I2V_PROMPT),
     Task("flf2v-14B", "WanFLF2V", "first-last-frame-to-video", "Wan2.1-FLF2V-14B-720P",
          frames=81, steps=50, shift=16.0, size_is_area=True,
@@ -163,6 +166,13 @@ TASKS: dict[str, Task] = {t.name: t for t in (
                            help="first-last-frame-to-video: the last frame", label="Last frame",
                            missing="Please upload the last frame: the video ends on it.")),
          example_prompt=_FLF2V_PROMPT, notes="trained for 720P; 480P sizes run"),
+    # Wan2.2
+    Task("t2v-A14B", "WanT2V", "text-to-video (Wan2.2, two experts)", "Wan2.2-T2V-A14B",
+         frames=81, steps=40, shift=12.0, guide_scale=(3.0, 4.0), inputs=(_SRC_VIDEO,),
+         options=(_STRENGTH,), example_prompt=_T2V_PROMPT),
+    Task("i2v-A14B", "WanI2V", "image-to-video (Wan2.2, two experts)", "Wan2.2-I2V-A14B",
+         frames=81, steps=40, shift=5.0, guide_scale=(3.5, 3.5), size_is_area=True,
+         inputs=(_IMAGE,), example_prompt=_I2V_PROMPT),
 )}
 
 
@@ -202,8 +212,12 @@ def markdown_table() -> str:
             sizes += " (area; the image sets the aspect)"
         notes = f"; {t.notes}" if t.notes else ""
         rows.append(f"| `{t.name}` | {t.title}{notes} | {t.checkpoint} | {inputs} | {sizes} | "
-                    f"{t.frames} | {t.steps} | {shift} | {t.guide_scale:g} |")
+                    f"{t.frames} | {t.steps} | {shift} | {_guide(t.guide_scale)} |")
     return "\n".join(rows)
+
+
+def _guide(g) -> str:
+    return f"{g[0]:g}, {g[1]:g} (low, high)" if isinstance(g, tuple) else f"{g:g}"
 
 
 def _main(argv: list[str] | None = None) -> None:
