@@ -364,6 +364,7 @@ def sp_job(rank: int, port: int, ckpt: str, out_file: str) -> None:
     import torch.distributed as dist
 
     from test_distributed import init_gloo
+    from wan.distributed.fsdp import resident_parameter_numel, shard_model
     from wan.distributed.sequence_parallel import enable_sequence_parallel, init_sequence_parallel
 
     init_gloo(rank, port)
@@ -382,6 +383,10 @@ def sp_job(rank: int, port: int, ckpt: str, out_file: str) -> None:
                 for b in model.vace_blocks:
                     b.self_attn.sp = None
                 results["vace_not_parallel"] = model(*args, 28, vace_context_scale=0.7)
+        model = shard_model(VaceWanModel.from_pretrained(ckpt), "cpu")  # FSDP, no SP
+        results["fsdp"] = model(*args, 27, vace_context_scale=0.7)
+        total = sum(p.numel() for p in model.parameters())
+        results["fsdp_fraction"] = resident_parameter_numel(model) / total
     if rank == 0:
         torch.save(results, out_file)
     dist.barrier()
@@ -400,12 +405,16 @@ def sp_results(vace_ckpt, tmp_path_factory):
     return res
 
 
-@pytest.mark.parametrize("variant", ["ulysses", "ring"])
+@pytest.mark.parametrize("variant", ["ulysses", "ring", "fsdp"])
 def test_sequence_parallel_equals_single_process(sp_results, variant):
     for i, (a, b) in enumerate(zip(sp_results[variant], sp_results["single"])):
         err = rel_err(a, b)
         print(f"VACE {variant} 2, sample {i}: relative error {err:.2e}")
         assert a.shape == b.shape and err <= 1e-5
+
+
+def test_fsdp_keeps_about_one_shard_per_rank(sp_results):
+    assert abs(sp_results["fsdp_fraction"] - 0.5) < 0.03
 
 
 def test_sequence_parallel_needs_the_vace_blocks(sp_results):
