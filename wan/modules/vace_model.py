@@ -19,6 +19,15 @@ context and rotary positions as the video tokens. Under sequence parallelism the
 VACE tokens are split across the ranks like the video tokens (official
 ``usp_dit_forward_vace``): each rank computes the hints of its slice and adds
 them to the same slice.
+
+Differences from diffusers' ``WanVACETransformer3DModel`` (same numbers otherwise; see
+tests/test_vace_model.py): ``vace_context_scale`` is one number as in the official code,
+or one per VACE layer (diffusers' ``control_hidden_states_scale`` tensor); hint ``n``
+goes to main block ``vace_layers[n]`` as in the official mapping (diffusers pops the
+hints in block order, which agrees for increasing ``vace_layers``, as released);
+batches of different sizes are padded to ``seq_len`` and masked per sample; each VACE
+latent must have its latent's frames x height x width (diffusers pads a shorter one).
+The official forward ignores ``clip_fea`` / ``y``; here passing them is an error.
 """
 
 from __future__ import annotations
