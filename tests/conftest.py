@@ -58,3 +58,17 @@ def flf2v_ckpt(tmp_path_factory):
     """A miniature FLF2V checkpoint folder in the official layout (shared by the tests)."""
     from wan.utils.tiny_checkpoint import make_checkpoint
     return make_checkpoint(tmp_path_factory.mktemp("tiny_flf2v"), "flf2v-14B", seed=13)
+
+
+@pytest.fixture(scope="session")
+def vace_ckpt(tmp_path_factory):
+    """A miniature VACE checkpoint folder in the Wan2.1-VACE-1.3B layout (one DiT file)."""
+    from wan.utils.tiny_checkpoint import make_checkpoint
+    return make_checkpoint(tmp_path_factory.mktemp("tiny_vace"), "vace-1.3B", seed=14)
+
+
+@pytest.fixture(scope="session")
+def vace14_ckpt(tmp_path_factory):
+    """A miniature VACE checkpoint folder in the Wan2.1-VACE-14B layout (7 shards + index)."""
+    from wan.utils.tiny_checkpoint import make_checkpoint
+    return make_checkpoint(tmp_path_factory.mktemp("tiny_vace14"), "vace-14B", seed=15)

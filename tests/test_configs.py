@@ -8,7 +8,8 @@ from wan.configs import MAX_AREA_CONFIGS, SIZE_CONFIGS, SUPPORTED_SIZES, WAN_CON
 def test_dims_table_of_the_release():
     expected = {"t2v-1.3B": (1536, 8960, 12, 30), "t2v-14B": (5120, 13824, 40, 40),
                 "i2v-14B": (5120, 13824, 40, 40), "t2i-14B": (5120, 13824, 40, 40),
-                "flf2v-14B": (5120, 13824, 40, 40)}
+                "flf2v-14B": (5120, 13824, 40, 40), "vace-1.3B": (1536, 8960, 12, 30),
+                "vace-14B": (5120, 13824, 40, 40)}
     for task, (dim, ffn, heads, layers) in expected.items():
         c = WAN_CONFIGS[task]
         assert (c.dim, c.ffn_dim, c.num_heads, c.num_layers) == (dim, ffn, heads, layers)
@@ -52,3 +53,14 @@ def test_flf2v_config_is_the_i2v_one_with_its_own_defaults():
     assert (flf.sample_steps, flf.sample_shift, flf.sample_guide_scale) == (50, 16.0, 5.0)
     assert i2v.sample_steps == 40 and i2v.sample_shift == 5.0  # the copy changed nothing there
     assert set(SUPPORTED_SIZES["flf2v-14B"]) == {"720*1280", "1280*720", "480*832", "832*480"}
+
+
+def test_vace_configs_are_the_t2v_ones():
+    """As the official configs/__init__.py: VACE 1.3B / 14B use the T2V 1.3B / 14B configs."""
+    for vace, t2v in (("vace-1.3B", "t2v-1.3B"), ("vace-14B", "t2v-14B")):
+        v, t = WAN_CONFIGS[vace], WAN_CONFIGS[t2v]
+        assert v is not t and v.__name__ == t.__name__.replace("T2V", "VACE")
+        assert {k: x for k, x in v.items() if k != "__name__"} == \
+            {k: x for k, x in t.items() if k != "__name__"}
+    assert SUPPORTED_SIZES["vace-1.3B"] == ("480*832", "832*480")
+    assert SUPPORTED_SIZES["vace-14B"] == ("720*1280", "1280*720", "480*832", "832*480")

@@ -79,7 +79,8 @@ def shard_model(model: nn.Module, device_id: int | str | torch.device | None = N
         for tensor in list(model.parameters()) + list(model.buffers()):
             dist.broadcast(tensor.data, src=0)
     mesh = _mesh(device.type, dist.get_world_size())
-    for block in _blocks(model):
+    # one unit per transformer block (the VACE model's vace_blocks too), then the rest
+    for block in (*_blocks(model), *getattr(model, "vace_blocks", ())):
         fully_shard(block, mesh=mesh, reshard_after_forward=reshard_after_forward)
     fully_shard(model, mesh=mesh, reshard_after_forward=reshard_after_forward)
     gc.collect()

@@ -183,7 +183,8 @@ def get_sequence_parallel() -> SequenceParallel | None:
 
 
 def enable_sequence_parallel(model: nn.Module, sp: SequenceParallel | None = None) -> int:
-    """Make ``model`` (a :class:`~wan.modules.model.WanModel`) run sequence-parallel.
+    """Make ``model`` (a :class:`~wan.modules.model.WanModel`, also the VACE one) run
+    sequence-parallel.
 
     Uses ``sp``, or the layout of :func:`init_sequence_parallel` (``generate.py``
     sets it up from ``--ulysses_size`` / ``--ring_size``). Returns the
@@ -196,6 +197,7 @@ def enable_sequence_parallel(model: nn.Module, sp: SequenceParallel | None = Non
                            "ulysses_size, ring_size) on every rank first")
     check_parallel_sizes(sp.ulysses_size, sp.ring_size, sp.world_size, model.num_heads)
     model.sp = sp
-    for block in model.blocks:
+    # the VACE model's control blocks (vace_blocks) run on the same token slices
+    for block in (*model.blocks, *getattr(model, "vace_blocks", ())):
         block.self_attn.sp = sp
     return sp.world_size

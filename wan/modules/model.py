@@ -43,13 +43,17 @@ log = logging.getLogger(__name__)
 CLIP_TOKENS = 257
 MODEL_TYPES = ("t2v", "i2v", "flf2v")
 IMAGE_MODEL_TYPES = ("i2v", "flf2v")  # the types with CLIP image tokens (img_emb, k_img/v_img)
+VACE_PREFIXES = ("vace_blocks.", "vace_patch_embedding.")  # the VACE model's own tensors
 
 # Linear/Conv tensors that the official code runs under bf16 autocast. Storing exactly
 # these in bf16 gives the same arithmetic as autocast (which rounds them the same way at
 # every call) at half the memory. Norms, modulation, the time MLP and the head stay fp32.
+# The VACE model (wan.modules.vace_model) adds ``vace_patch_embedding`` and ``vace_blocks.N``,
+# whose Linear layers (and ``before_proj`` / ``after_proj``) also run under autocast.
 _MATMUL_WEIGHT = re.compile(
-    r"^(patch_embedding|text_embedding\.[02]|img_emb\.proj\.[13]|"
-    r"blocks\.\d+\.(self_attn\.[qkvo]|cross_attn\.([qkvo]|k_img|v_img)|ffn\.[02]))"
+    r"^((vace_)?patch_embedding|text_embedding\.[02]|img_emb\.proj\.[13]|"
+    r"(vace_)?blocks\.\d+\.(self_attn\.[qkvo]|cross_attn\.([qkvo]|k_img|v_img)|ffn\.[02]|"
+    r"before_proj|after_proj))"
     r"\.(weight|bias)$")
 
 
@@ -557,12 +561,18 @@ class WanModel(nn.Module):
         sd = load_safetensors(files, "DiT", dtype=dit_dtype_rule(torch_dtype, matmul_dtype),
                               device=device, note=_dtype_note(torch_dtype, matmul_dtype))
         source = f"'{files[0] if len(files) == 1 else folder}'"
-        kwargs = infer_config(cfg, sd, source)
+        kwargs = cls.config_from_checkpoint(cfg, sd, source)
         check_model_type(kwargs, model_type, cfg, sd, source)
         with torch.device("meta"):
             model = cls(**kwargs)
         load_into_meta_module(model, sd, source, f"Wan2.1 {kwargs['model_type']} DiT", device)
         return model.eval().requires_grad_(False)
+
+    @classmethod
+    def config_from_checkpoint(cls, cfg: dict, sd: dict[str, torch.Tensor], source: str) -> dict:
+        """Constructor arguments from ``config.json`` and the tensor shapes (a subclass with
+        more parts, e.g. the VACE model, extends it)."""
+        return infer_config(cfg, sd, source)
 
 
 @contextmanager
@@ -629,6 +639,12 @@ def infer_config(cfg: dict, sd: dict[str, torch.Tensor], source: str) -> dict:
                                   f"is missing.")
         return tuple(sd[name].shape)
 
+    if cfg.get("model_type") == "vace" or any(k.startswith(VACE_PREFIXES) for k in sd):
+        what = ("config.json 'model_type' 'vace'" if cfg.get("model_type") == "vace"
+                else "'vace_blocks.N' / 'vace_patch_embedding' tensors")
+        raise CheckpointError(
+            f"{source} holds a Wan2.1 VACE DiT ({what}): load it with "
+            f"wan.modules.vace_model.VaceWanModel (tasks vace-1.3B / vace-14B), not WanModel.")
     pe = shape("patch_embedding.weight")  # [dim, in_dim, pt, ph, pw]
     dim, in_dim, patch = pe[0], pe[1], pe[2:]
     num_layers = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})

@@ -3,13 +3,18 @@
     python -m wan.utils.tiny_checkpoint ./Wan2.1-T2V-tiny --task t2v-1.3B
     python -m wan.utils.tiny_checkpoint ./Wan2.1-I2V-tiny --task i2v-14B
     python -m wan.utils.tiny_checkpoint ./Wan2.1-FLF2V-tiny --task flf2v-14B
+    python -m wan.utils.tiny_checkpoint ./Wan2.1-VACE-tiny --task vace-1.3B   # or vace-14B
 
 writes a folder with the same file names and formats as the official downloads
 (``config.json`` + ``diffusion_pytorch_model.safetensors`` or shards with an
 index, ``models_t5_umt5-xxl-enc-bf16.pth``, ``Wan2.1_VAE.pth``,
 ``google/umt5-xxl/`` tokenizer, and for I2V and FLF2V the open-clip ``.pth`` and
 ``xlm-roberta-large/`` tokenizer), with small widths and depths. The FLF2V DiT
-is the I2V one plus ``img_emb.emb_pos [1, 2 * 257, clip_width]``. Everything the
+is the I2V one plus ``img_emb.emb_pos [1, 2 * 257, clip_width]``. The VACE DiT is the T2V
+one plus ``vace_patch_embedding`` (96 input channels) and one ``vace_blocks.N`` per
+entry of ``vace_layers`` (here every second layer of 4; config.json carries
+``"model_type": "vace"``, ``vace_layers`` and ``vace_in_dim`` as the official one);
+the vace-14B layout is written in 7 shards with an index like the real one. Everything the
 rest of the stack fixes is kept: text length 512, 16 latent channels and the
 224-pixel / 14-pixel-patch CLIP grid (257 image tokens). The whole pipeline
 loads such a folder through the same code as the real one.
@@ -72,9 +77,20 @@ def _random_like_official(module: torch.nn.Module, seed: int, std: float = 0.05)
 
 
 # --------------------------------------------------------------------- DiT
+VACE_TINY_LAYERS = 4  # a miniature VACE DiT has 4 main blocks: VACE blocks at 0 and 2
+VACE_SHARDS_14B = 7   # the released Wan2.1-VACE-14B DiT comes in 7 shards
+
+
 def dit_config(model_type: str, sizes: TinySizes) -> dict:
     from ..modules.model import IMAGE_MODEL_TYPES
 
+    if model_type == "vace":
+        from ..modules.vace_model import VACE_IN_DIM
+
+        cfg = dit_config("t2v", sizes)
+        cfg.update(_class_name="VaceWanModel", model_type="vace",
+                   vace_layers=list(range(0, sizes.num_layers, 2)), vace_in_dim=VACE_IN_DIM)
+        return dict(sorted(cfg.items()))
     return {
         "_class_name": "WanModel",
         "_diffusers_version": "0.30.0",
@@ -101,10 +117,17 @@ def write_dit(folder: str | Path, model_type: str = "t2v", sizes: TinySizes = Ti
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     cfg = dit_config(model_type, sizes)
-    model = WanModel(model_type=model_type, in_dim=cfg["in_dim"], dim=sizes.dim,
-                     ffn_dim=sizes.ffn_dim, freq_dim=sizes.freq_dim, text_dim=sizes.t5_dim,
-                     out_dim=16, num_heads=sizes.num_heads, num_layers=sizes.num_layers,
-                     clip_dim=sizes.clip_width if model_type in IMAGE_MODEL_TYPES else None)
+    common = dict(in_dim=cfg["in_dim"], dim=sizes.dim, ffn_dim=sizes.ffn_dim,
+                  freq_dim=sizes.freq_dim, text_dim=sizes.t5_dim, out_dim=16,
+                  num_heads=sizes.num_heads, num_layers=sizes.num_layers)
+    if model_type == "vace":
+        from ..modules.vace_model import VaceWanModel
+
+        model = VaceWanModel(vace_layers=cfg["vace_layers"], vace_in_dim=cfg["vace_in_dim"],
+                             **common)
+    else:
+        model = WanModel(model_type=model_type, **common,
+                         clip_dim=sizes.clip_width if model_type in IMAGE_MODEL_TYPES else None)
     _random_like_official(model, seed)
     sd = {k: v.contiguous() for k, v in model.state_dict().items()}
     (folder / "config.json").write_text(json.dumps(cfg, indent=2))
@@ -305,9 +328,13 @@ def write_clip(path: str | Path, sizes: TinySizes = TinySizes(), seed: int = 3) 
 
 
 # --------------------------------------------------------------------- all
-def make_checkpoint(out: str | Path, task: str = "t2v-1.3B", sizes: TinySizes = TinySizes(),
-                    shards: int = 1, seed: int = 0) -> Path:
-    """Write a complete miniature checkpoint folder for ``task`` and return its path."""
+def make_checkpoint(out: str | Path, task: str = "t2v-1.3B", sizes: TinySizes | None = None,
+                    shards: int | None = None, seed: int = 0) -> Path:
+    """Write a complete miniature checkpoint folder for ``task`` and return its path.
+
+    ``sizes`` defaults to :class:`TinySizes` (for VACE with 4 DiT layers, so that there
+    are two VACE blocks); ``shards`` defaults to 1 (vace-14B: 7, as the release).
+    """
     from ..configs import WAN_CONFIGS
     from ..modules.model import IMAGE_MODEL_TYPES
 
@@ -316,7 +343,13 @@ def make_checkpoint(out: str | Path, task: str = "t2v-1.3B", sizes: TinySizes = 
     cfg = WAN_CONFIGS[task]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    model_type = task.split("-")[0] if task.startswith(IMAGE_MODEL_TYPES) else "t2v"
+    vace = task.startswith("vace")
+    if sizes is None:
+        sizes = TinySizes(num_layers=VACE_TINY_LAYERS) if vace else TinySizes()
+    if shards is None:
+        shards = VACE_SHARDS_14B if task == "vace-14B" else 1
+    model_type = ("vace" if vace else
+                  task.split("-")[0] if task.startswith(IMAGE_MODEL_TYPES) else "t2v")
     is_i2v = model_type in IMAGE_MODEL_TYPES  # needs the CLIP image encoder
     write_dit(out, model_type, sizes, shards=shards, seed=seed)
     write_t5(out / cfg.t5_checkpoint, sizes, seed=seed + 1)
@@ -336,9 +369,11 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m wan.utils.tiny_checkpoint",
         description="Write a miniature random-weight Wan2.1 checkpoint in the official layout.")
     parser.add_argument("out", help="output folder (created)")
-    parser.add_argument("--task", default="t2v-1.3B", help="t2v-1.3B, t2v-14B, t2i-14B, i2v-14B or flf2v-14B")
-    parser.add_argument("--shards", type=int, default=1,
-                        help="split the DiT into this many safetensors shards with an index")
+    parser.add_argument("--task", default="t2v-1.3B",
+                        help="t2v-1.3B, t2v-14B, t2i-14B, i2v-14B, flf2v-14B, vace-1.3B or vace-14B")
+    parser.add_argument("--shards", type=int, default=None,
+                        help="split the DiT into this many safetensors shards with an index "
+                             "(default 1; vace-14B: 7 as the release)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(levelname)s: %(message)s")
