@@ -39,7 +39,29 @@ def test_size_tables():
     assert SUPPORTED_SIZES["t2v-1.3B"] == ("480*832", "832*480")
     assert set(SUPPORTED_SIZES["t2v-14B"]) == {"720*1280", "1280*720", "480*832", "832*480"}
     assert SUPPORTED_SIZES["i2v-14B"] == SUPPORTED_SIZES["t2v-14B"]
-    assert set(SUPPORTED_SIZES["t2i-14B"]) == set(SIZE_CONFIGS)
+    assert set(SUPPORTED_SIZES["t2i-14B"]) == {"720*1280", "1280*720", "480*832", "832*480",
+                                               "1024*1024"}
+    assert SUPPORTED_SIZES["ti2v-5B"] == ("704*1280", "1280*704")
+    assert all(s in SIZE_CONFIGS for sizes in SUPPORTED_SIZES.values() for s in sizes)
+
+
+def test_wan22_configs_are_the_official_facts():
+    t2v, i2v, ti2v = (WAN_CONFIGS[k] for k in ("t2v-A14B", "i2v-A14B", "ti2v-5B"))
+    assert (t2v.boundary, t2v.sample_guide_scale, t2v.sample_shift, t2v.sample_steps) == \
+        (0.875, (3.0, 4.0), 12.0, 40)
+    assert (i2v.boundary, i2v.sample_guide_scale, i2v.sample_shift, i2v.sample_steps) == \
+        (0.900, (3.5, 3.5), 5.0, 40)
+    for cfg in (t2v, i2v):
+        assert (cfg.high_noise_checkpoint, cfg.low_noise_checkpoint) == \
+            ("high_noise_model", "low_noise_model")
+        assert cfg.vae_checkpoint == "Wan2.1_VAE.pth" and (cfg.dim, cfg.num_layers) == (5120, 40)
+    # no "镜头晃动，" in front for I2V-A14B, unlike Wan2.1 I2V; no CLIP
+    assert i2v.sample_neg_prompt == WAN_CONFIGS["t2v-14B"].sample_neg_prompt
+    assert "clip_checkpoint" not in i2v
+    assert (ti2v.dim, ti2v.ffn_dim, ti2v.num_heads, ti2v.num_layers) == (3072, 14336, 24, 30)
+    assert (ti2v.vae_checkpoint, ti2v.vae_stride, ti2v.sample_fps, ti2v.frame_num) == \
+        ("Wan2.2_VAE.pth", (4, 16, 16), 24, 121)
+    assert (ti2v.sample_steps, ti2v.sample_shift, ti2v.sample_guide_scale) == (50, 5.0, 5.0)
 
 
 def test_flf2v_config_is_the_i2v_one_with_its_own_defaults():

@@ -23,7 +23,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -183,6 +183,13 @@ class WanLayerNorm(nn.LayerNorm):
         return super().forward(x.float()).type_as(x)
 
 
+def _split_modulation(m: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:
+    """``[B, n, C]`` -> n tensors ``[B, 1, C]`` (one vector for all tokens), or per-token
+    ``[B, L, n, C]`` -> n tensors ``[B, L, C]``."""
+    parts = m.chunk(n, dim=-2)
+    return tuple(p.squeeze(-2) for p in parts) if m.dim() == 4 else parts
+
+
 def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """``x * (1 + scale) + shift`` in fp32, as one fused operation."""
     return torch.addcmul(shift, x.float(), 1 + scale)
@@ -296,14 +303,15 @@ class WanAttentionBlock(nn.Module):
     def forward(self, x: torch.Tensor, e: torch.Tensor, seq_lens: torch.Tensor,
                 rope: torch.Tensor, context: torch.Tensor,
                 kv_cache: dict | None = None) -> torch.Tensor:
-        """``x [B, L, C]`` (fp32 residual stream), ``e [B, 6, C]`` fp32 time modulation.
+        """``x [B, L, C]`` (fp32 residual stream), ``e`` the fp32 time modulation: ``[B, 6, C]``,
+        or ``[B, L, 6, C]`` with per-token timesteps (Wan2.2 TI2V).
 
         ``kv_cache`` (a dict, optional) keeps this block's cross-attention keys and
         values of ``context`` for the next steps, which see the same context.
         """
         with _no_autocast(x.device.type):
-            shift1, scale1, gate1, shift2, scale2, gate2 = \
-                (self.modulation.float() + e).chunk(6, dim=1)
+            shift1, scale1, gate1, shift2, scale2, gate2 = _split_modulation(
+                self.modulation.float() + e, 6)
         y = self.self_attn(_modulate(self.norm1(x), shift1, scale1), seq_lens, rope)
         x = torch.addcmul(x, y.float(), gate1)
         kv = None if kv_cache is None else kv_cache.get(self)
@@ -328,7 +336,7 @@ class Head(nn.Module):
     def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         # The official code runs the head in fp32 (autocast with dtype float32).
         with _no_autocast(x.device.type):
-            shift, scale = (self.modulation.float() + e.unsqueeze(1)).chunk(2, dim=1)
+            shift, scale = _split_modulation(self.modulation.float() + e.unsqueeze(-2), 2)
             x = _modulate(self.norm(x.float()), shift, scale)
             return F.linear(x, self.head.weight.float(), self.head.bias.float())
 
@@ -377,7 +385,7 @@ class WanModel(nn.Module):
                  freq_dim: int = 256, text_dim: int = 4096, out_dim: int = 16,
                  num_heads: int = 16, num_layers: int = 32, window_size=(-1, -1),
                  qk_norm: bool = True, cross_attn_norm: bool = True, eps: float = 1e-6,
-                 clip_dim: int | None = None):
+                 clip_dim: int | None = None, image_tokens: bool | None = None):
         super().__init__()
         if model_type not in MODEL_TYPES:
             raise ValueError(f"model_type must be one of {', '.join(MODEL_TYPES)}, "
@@ -393,7 +401,13 @@ class WanModel(nn.Module):
         self.num_heads, self.num_layers = num_heads, num_layers
         self.window_size = tuple(window_size)
         self.qk_norm, self.cross_attn_norm, self.eps = qk_norm, cross_attn_norm, eps
-        image = model_type in IMAGE_MODEL_TYPES
+        # CLIP image tokens: Wan2.1 i2v / flf2v; Wan2.2 I2V-A14B is an i2v model without them.
+        image = model_type in IMAGE_MODEL_TYPES if image_tokens is None else bool(image_tokens)
+        if image and model_type not in IMAGE_MODEL_TYPES:
+            raise ValueError(f"a {model_type} model has no image tokens")
+        if model_type == "flf2v" and not image:
+            raise ValueError("the flf2v model needs its image tokens")
+        self.image_tokens = image
         self.clip_dim = (clip_dim or 1280) if image else None
 
         self.patch_embedding = nn.Conv3d(in_dim, dim, kernel_size=self.patch_size,
@@ -420,7 +434,8 @@ class WanModel(nn.Module):
                     ffn_dim=self.ffn_dim, freq_dim=self.freq_dim, text_dim=self.text_dim,
                     out_dim=self.out_dim, num_heads=self.num_heads, num_layers=self.num_layers,
                     window_size=self.window_size, qk_norm=self.qk_norm,
-                    cross_attn_norm=self.cross_attn_norm, eps=self.eps, clip_dim=self.clip_dim)
+                    cross_attn_norm=self.cross_attn_norm, eps=self.eps, clip_dim=self.clip_dim,
+                    image_tokens=self.image_tokens)
 
     @property
     def device(self) -> torch.device:
@@ -432,12 +447,16 @@ class WanModel(nn.Module):
 
     # -------------------------------------------------------------- pieces
     def embed_time(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``t [B]`` -> (``e [B, C]`` for the head, ``e0 [B, 6, C]`` for the blocks), fp32."""
+        """``t [B]`` -> (``e [B, C]`` for the head, ``e0 [B, 6, C]`` for the blocks), fp32.
+
+        Per-token timesteps ``t [B, L]`` (Wan2.2 TI2V: 0 on the image's tokens) give
+        ``e [B, L, C]`` and ``e0 [B, L, 6, C]``, as the official Wan2.2 model.
+        """
         with _no_autocast(self.device.type):
-            emb = sinusoidal_embedding_1d(self.freq_dim, t.to(self.device)).float()
+            emb = sinusoidal_embedding_1d(self.freq_dim, t.to(self.device).flatten()).float()
             e = _linear_seq_fp32(self.time_embedding, emb)
             e0 = _linear_seq_fp32(self.time_projection, e).unflatten(1, (6, self.dim))
-        return e, e0
+        return e.unflatten(0, t.shape), e0.unflatten(0, t.shape)
 
     def embed_context(self, context: Sequence[torch.Tensor],
                       clip_fea: torch.Tensor | None = None) -> torch.Tensor:
@@ -497,14 +516,32 @@ class WanModel(nn.Module):
         Returns:
             list of ``[C_out, F, H, W]`` fp32 tensors.
         """
-        if self.model_type in IMAGE_MODEL_TYPES and (clip_fea is None or y is None):
-            raise ValueError(f"the {self.model_type} model needs clip_fea and y")
+        if self.model_type in IMAGE_MODEL_TYPES and y is None:
+            raise ValueError(f"the {self.model_type} model needs y")
+        if self.image_tokens and clip_fea is None:
+            raise ValueError(f"the {self.model_type} model needs clip_fea (CLIP image tokens)")
+        if clip_fea is not None and not self.image_tokens:
+            raise ValueError(f"this {self.model_type} DiT has no image tokens (e.g. Wan2.2 "
+                             f"I2V-A14B): pass no clip_fea")
         if y is not None:
             x = [torch.cat([u, v.to(u)], dim=0) for u, v in zip(x, y)]
+        state = self.prepare(x, t, context, seq_len, clip_fea)
+        return self.finish(self.run_blocks(state), state)
+
+    # The forward pass in three stages, shared by the models built on this one (VACE):
+    # prepare (embeddings, RoPE, sequence-parallel split), the block stack, the head.
+    def prepare(self, x: Sequence[torch.Tensor], t: torch.Tensor,
+                context: Sequence[torch.Tensor], seq_len: int,
+                clip_fea: torch.Tensor | None = None) -> dict:
+        """Tokens, time modulation, context, RoPE of a batch (this rank's slice with
+        sequence parallelism), as a dict for :meth:`run_blocks` and :meth:`finish`."""
         tokens, seq_lens, grids = self.patchify(x, seq_len)
         t = torch.as_tensor(t, device=self.device)
         if t.dim() == 0:
             t = t.expand(len(x))
+        if t.dim() == 2 and t.shape[1] != seq_len:
+            raise ValueError(f"per-token timesteps must be [B, seq_len={seq_len}], got "
+                             f"{tuple(t.shape)}")
         e, e0 = self.embed_time(t)
         entry = self._cache_entry(context, clip_fea)
         ctx = entry.get("ctx") if entry is not None else None
@@ -515,12 +552,30 @@ class WanModel(nn.Module):
         rope = rope_tables(grids, seq_len, self.dim // self.num_heads, self.device)
         if self.sp is not None:
             tokens, rope = self.sp.scatter(tokens), self.sp.scatter(rope)
-        for block in self.blocks:
-            tokens = block(tokens, e0, seq_lens, rope, ctx, kv_cache=entry)
-        out = self.head(tokens, e)
+            if t.dim() == 2:  # per-token modulation goes with its tokens
+                e, e0 = self.sp.scatter(e), self.sp.scatter(e0)
+        return dict(tokens=tokens, seq_lens=seq_lens, grids=grids, e=e, e0=e0, ctx=ctx,
+                    rope=rope, kv_cache=entry, seq_len=seq_len)
+
+    def run_blocks(self, state: dict,
+                   after_block: Callable[[int, torch.Tensor], torch.Tensor] | None = None
+                   ) -> torch.Tensor:
+        """The block stack on ``state['tokens']``; ``after_block(i, tokens)`` (optional)
+        may change the output of block ``i`` (VACE adds its hints there)."""
+        tokens = state["tokens"]
+        for i, block in enumerate(self.blocks):
+            tokens = block(tokens, state["e0"], state["seq_lens"], state["rope"], state["ctx"],
+                           kv_cache=state["kv_cache"])
+            if after_block is not None:
+                tokens = after_block(i, tokens)
+        return tokens
+
+    def finish(self, tokens: torch.Tensor, state: dict) -> list[torch.Tensor]:
+        """The head, the gather of the sequence-parallel slices, and unpatchify (fp32)."""
+        out = self.head(tokens, state["e"])
         if self.sp is not None:
             out = self.sp.gather(out)
-        return [u.float() for u in self.unpatchify(out, grids)]
+        return [u.float() for u in self.unpatchify(out, state["grids"])]
 
     def _cache_entry(self, context: Sequence[torch.Tensor], clip_fea: torch.Tensor | None
                      ) -> dict | None:
@@ -670,7 +725,9 @@ def infer_config(cfg: dict, sd: dict[str, torch.Tensor], source: str) -> dict:
         window_size=tuple(cfg.get("window_size", (-1, -1))),
         qk_norm="blocks.0.self_attn.norm_q.weight" in sd,
         cross_attn_norm="blocks.0.norm3.weight" in sd, eps=float(cfg.get("eps", 1e-6)),
-        clip_dim=shape("img_emb.proj.0.weight")[0] if model_type in IMAGE_MODEL_TYPES else None)
+        image_tokens=model_type in IMAGE_MODEL_TYPES and "img_emb.proj.0.weight" in sd,
+        clip_dim=shape("img_emb.proj.0.weight")[0]
+        if model_type in IMAGE_MODEL_TYPES and "img_emb.proj.0.weight" in sd else None)
     for key in ("dim", "in_dim", "ffn_dim", "num_layers", "out_dim", "freq_dim"):
         if key in cfg and int(cfg[key]) != kwargs[key]:
             raise CheckpointError(f"{source}: config.json says {key}={cfg[key]} but the weights "

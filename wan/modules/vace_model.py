@@ -39,7 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .linear import Linear
-from .model import VACE_PREFIXES, WanAttentionBlock, WanModel, infer_config, rope_tables
+from .model import VACE_PREFIXES, WanAttentionBlock, WanModel, infer_config
 
 __all__ = ["VaceWanModel", "VaceWanAttentionBlock", "VACE_IN_DIM"]
 
@@ -99,10 +99,10 @@ class VaceWanModel(WanModel):
                  freq_dim: int = 256, text_dim: int = 4096, out_dim: int = 16,
                  num_heads: int = 16, num_layers: int = 32, window_size=(-1, -1),
                  qk_norm: bool = True, cross_attn_norm: bool = True, eps: float = 1e-6,
-                 clip_dim: int | None = None):
+                 clip_dim: int | None = None, image_tokens: bool | None = None):
         if model_type != "vace":
             raise ValueError(f"VaceWanModel is the 'vace' model type, got '{model_type}'")
-        if clip_dim is not None:
+        if clip_dim is not None or image_tokens:
             raise ValueError("the VACE model has no CLIP image branch (clip_dim must be None)")
         super().__init__("t2v", patch_size, text_len, in_dim, dim, ffn_dim, freq_dim, text_dim,
                          out_dim, num_heads, num_layers, window_size, qk_norm, cross_attn_norm,
@@ -200,33 +200,22 @@ class VaceWanModel(WanModel):
         x, vace_context = list(x), list(vace_context)
         self._check_inputs(x, vace_context)
         scales = self._scales(vace_context_scale)
-        tokens, seq_lens, grids = self.patchify(x, seq_len)
+        state = self.prepare(x, t, context, seq_len)
         c = self.patchify_vace(vace_context, seq_len)
-        t = torch.as_tensor(t, device=self.device)
-        if t.dim() == 0:
-            t = t.expand(len(x))
-        e, e0 = self.embed_time(t)
-        entry = self._cache_entry(context, None)
-        ctx = entry.get("ctx") if entry is not None else None
-        if ctx is None:
-            ctx = self.embed_context(context)
-            if entry is not None:
-                entry["ctx"] = ctx
-        rope = rope_tables(grids, seq_len, self.dim // self.num_heads, self.device)
         if self.sp is not None:
-            tokens, c, rope = self.sp.scatter(tokens), self.sp.scatter(c), self.sp.scatter(rope)
-        hints = self.forward_vace(tokens, c, e0, seq_lens, rope, ctx, kv_cache=entry)
+            c = self.sp.scatter(c)
+        hints = self.forward_vace(state["tokens"], c, state["e0"], state["seq_lens"],
+                                  state["rope"], state["ctx"], kv_cache=state["kv_cache"])
         del c
-        for i, block in enumerate(self.blocks):
-            tokens = block(tokens, e0, seq_lens, rope, ctx, kv_cache=entry)
+
+        def add_hint(i: int, tokens: torch.Tensor) -> torch.Tensor:
             n = self.vace_layers_mapping.get(i)
-            if n is not None:
-                tokens = tokens + hints[n] * scales[n]
-                hints[n] = None  # free it
-        out = self.head(tokens, e)
-        if self.sp is not None:
-            out = self.sp.gather(out)
-        return [u.float() for u in self.unpatchify(out, grids)]
+            if n is None:
+                return tokens
+            hint, hints[n] = hints[n], None  # free it once added
+            return tokens + hint * scales[n]
+
+        return self.finish(self.run_blocks(state, after_block=add_hint), state)
 
     # -------------------------------------------------------------- loading
     @classmethod
