@@ -72,3 +72,17 @@ def vace14_ckpt(tmp_path_factory):
     """A miniature VACE checkpoint folder in the Wan2.1-VACE-14B layout (7 shards + index)."""
     from wan.utils.tiny_checkpoint import make_checkpoint
     return make_checkpoint(tmp_path_factory.mktemp("tiny_vace14"), "vace-14B", seed=15)
+
+
+@pytest.fixture(scope="session")
+def t2v_a14b_ckpt(tmp_path_factory):
+    """A miniature Wan2.2 T2V-A14B folder (two experts of 6 shards each)."""
+    from wan.utils.tiny_checkpoint import make_checkpoint
+    return make_checkpoint(tmp_path_factory.mktemp("tiny_t2v_a14b"), "t2v-A14B", seed=31)
+
+
+@pytest.fixture(scope="session")
+def i2v_a14b_ckpt(tmp_path_factory):
+    """A miniature Wan2.2 I2V-A14B folder (two experts, no CLIP)."""
+    from wan.utils.tiny_checkpoint import make_checkpoint
+    return make_checkpoint(tmp_path_factory.mktemp("tiny_i2v_a14b"), "i2v-A14B", seed=32)

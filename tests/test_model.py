@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,24 +16,32 @@ from wan.utils.tiny_checkpoint import TinySizes, write_dit
 SIZES = TinySizes()
 
 
-def diffusers_model(folder, model_type):
+def diffusers_model(folder, model_type=None):
+    """diffusers' WanTransformer3DModel with the weights of an official-format DiT folder
+    (one file or shards); its kind (image tokens, FLF2V table, latent width) is read from the
+    tensors, ``model_type`` is only checked."""
     from diffusers import WanTransformer3DModel
     from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
 
-    sd = load_file(folder / "diffusion_pytorch_model.safetensors")
+    sd = {}
+    for f in sorted(Path(folder).glob("diffusion_pytorch_model*.safetensors")):
+        sd.update(load_file(f))
     converted = convert_wan_transformer_to_diffusers(dict(sd))
-    i2v = model_type in ("i2v", "flf2v")
-    flf2v = model_type == "flf2v"
+    image = "img_emb.proj.0.weight" in sd
+    flf2v = "img_emb.emb_pos" in sd
+    assert model_type is None or (model_type == "flf2v") == flf2v
     if flf2v:  # the one FLF2V tensor diffusers' converter does not rename
         converted["condition_embedder.image_embedder.pos_embed"] = converted.pop("img_emb.emb_pos")
+    in_dim = sd["patch_embedding.weight"].shape[1]
+    out_dim = sd["head.head.weight"].shape[0] // 4
     model = WanTransformer3DModel(
         patch_size=(1, 2, 2), num_attention_heads=SIZES.num_heads,
-        attention_head_dim=SIZES.dim // SIZES.num_heads, in_channels=36 if i2v else 16,
-        out_channels=16, text_dim=SIZES.t5_dim, freq_dim=SIZES.freq_dim, ffn_dim=SIZES.ffn_dim,
+        attention_head_dim=SIZES.dim // SIZES.num_heads, in_channels=in_dim,
+        out_channels=out_dim, text_dim=SIZES.t5_dim, freq_dim=SIZES.freq_dim, ffn_dim=SIZES.ffn_dim,
         num_layers=SIZES.num_layers, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
-        eps=1e-6, image_dim=SIZES.clip_width if i2v else None,
-        added_kv_proj_dim=SIZES.dim if i2v else None, pos_embed_seq_len=514 if flf2v else None)
-    missing, unexpected = model.load_state_dict(converted, strict=True)
+        eps=1e-6, image_dim=SIZES.clip_width if image else None,
+        added_kv_proj_dim=SIZES.dim if image else None, pos_embed_seq_len=514 if flf2v else None)
+    model.load_state_dict(converted, strict=True)
     return model.eval()
 
 

@@ -23,7 +23,8 @@ def diffusers_pipeline(ckpt, steps, shift):
 
 
 def diffusers_components(ckpt, shift, model_type):
-    """Tokenizer, umT5, DiT, VAE and the official UniPC grid for a diffusers Wan pipeline."""
+    """Tokenizer, umT5, DiT, VAE and the official UniPC grid for a diffusers Wan pipeline
+    (``model_type`` None: no transformer, for the two-expert folders)."""
     from diffusers import UniPCMultistepScheduler
     from transformers import AutoTokenizer
 
@@ -47,7 +48,7 @@ def diffusers_components(ckpt, shift, model_type):
     scheduler.set_timesteps = MethodType(set_official_grid, scheduler)
     return dict(tokenizer=AutoTokenizer.from_pretrained(ckpt / cfg.t5_tokenizer),
                 text_encoder=hf_reference(to_hf_names(t5_sd)),
-                transformer=diffusers_model(ckpt, model_type),
+                transformer=diffusers_model(ckpt, model_type) if model_type else None,
                 vae=diffusers_vae(ckpt / cfg.vae_checkpoint, 8), scheduler=scheduler)
 
 

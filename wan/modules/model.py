@@ -78,6 +78,8 @@ def dit_dtype_rule(torch_dtype: torch.dtype | None = None,
 def _dtype_note(torch_dtype: torch.dtype | None, matmul_dtype: torch.dtype | None) -> str:
     if matmul_dtype is None:
         return ""
+    if torch_dtype is not None and torch_dtype != torch.float32:
+        return f"the whole DiT in {str(torch_dtype).replace('torch.', '')} (convert_model_dtype)"
     rest = str(torch_dtype or torch.float32).replace("torch.", "")
     return (f"norms, modulation, embeddings and the head in {rest} as the official computes "
             f"them; matmul weights in {str(matmul_dtype).replace('torch.', '')}")
@@ -173,6 +175,14 @@ class WanRMSNorm(nn.Module):
         return normed.type_as(x) * self.weight
 
 
+def _layer_norm_fp32_params(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    """LayerNorm of ``x`` with half-precision parameters upcast to fp32 (as CUDA autocast
+    runs LayerNorm: in fp32), for DiTs stored wholly in bf16 (``convert_model_dtype``)."""
+    w = None if norm.weight is None else norm.weight.float()
+    b = None if norm.bias is None else norm.bias.float()
+    return F.layer_norm(x.float(), norm.normalized_shape, w, b, norm.eps)
+
+
 class WanLayerNorm(nn.LayerNorm):
     """LayerNorm computed in fp32 and returned in the input dtype."""
 
@@ -180,7 +190,18 @@ class WanLayerNorm(nn.LayerNorm):
         super().__init__(dim, eps=eps, elementwise_affine=elementwise_affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight is not None and self.weight.dtype != torch.float32:
+            return _layer_norm_fp32_params(self, x).type_as(x)
         return super().forward(x.float()).type_as(x)
+
+
+class ProjLayerNorm(nn.LayerNorm):
+    """The plain LayerNorm of the image projection; half-precision parameters are upcast."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight is not None and self.weight.dtype != torch.float32:
+            return _layer_norm_fp32_params(self, x)
+        return super().forward(x)
 
 
 def _split_modulation(m: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:
@@ -351,8 +372,8 @@ class MLPProj(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int, emb_pos: int | None = None):
         super().__init__()
-        self.proj = nn.Sequential(nn.LayerNorm(in_dim), Linear(in_dim, in_dim), nn.GELU(),
-                                  Linear(in_dim, out_dim), nn.LayerNorm(out_dim))
+        self.proj = nn.Sequential(ProjLayerNorm(in_dim), Linear(in_dim, in_dim), nn.GELU(),
+                                  Linear(in_dim, out_dim), ProjLayerNorm(out_dim))
         if emb_pos is not None:
             self.emb_pos = nn.Parameter(torch.zeros(1, emb_pos, in_dim))
 

@@ -81,7 +81,7 @@ VACE_TINY_LAYERS = 4  # a miniature VACE DiT has 4 main blocks: VACE blocks at 0
 VACE_SHARDS_14B = 7   # the released Wan2.1-VACE-14B DiT comes in 7 shards
 
 
-def dit_config(model_type: str, sizes: TinySizes) -> dict:
+def dit_config(model_type: str, sizes: TinySizes, latent_dim: int = 16) -> dict:
     from ..modules.model import IMAGE_MODEL_TYPES
 
     if model_type == "vace":
@@ -98,27 +98,32 @@ def dit_config(model_type: str, sizes: TinySizes) -> dict:
         "eps": 1e-06,
         "ffn_dim": sizes.ffn_dim,
         "freq_dim": sizes.freq_dim,
-        "in_dim": 36 if model_type in IMAGE_MODEL_TYPES else 16,
+        "in_dim": latent_dim + 20 if model_type in IMAGE_MODEL_TYPES else latent_dim,
         "model_type": model_type,
         "num_heads": sizes.num_heads,
         "num_layers": sizes.num_layers,
-        "out_dim": 16,
+        "out_dim": latent_dim,
         "text_len": 512,
     }
 
 
 def write_dit(folder: str | Path, model_type: str = "t2v", sizes: TinySizes = TinySizes(),
-              shards: int = 1, seed: int = 0) -> Path:
-    """Write ``config.json`` and the DiT safetensors (one file or ``shards`` + index)."""
+              shards: int = 1, seed: int = 0, image_tokens: bool | None = None,
+              latent_dim: int = 16) -> Path:
+    """Write ``config.json`` and the DiT safetensors (one file or ``shards`` + index).
+
+    ``image_tokens=False`` makes an i2v DiT without the CLIP branch (Wan2.2 I2V-A14B);
+    ``latent_dim`` 48 the DiT of the Wan2.2 VAE (TI2V-5B).
+    """
     from safetensors.torch import save_file
 
     from ..modules.model import IMAGE_MODEL_TYPES, WanModel
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    cfg = dit_config(model_type, sizes)
+    cfg = dit_config(model_type, sizes, latent_dim)
     common = dict(in_dim=cfg["in_dim"], dim=sizes.dim, ffn_dim=sizes.ffn_dim,
-                  freq_dim=sizes.freq_dim, text_dim=sizes.t5_dim, out_dim=16,
+                  freq_dim=sizes.freq_dim, text_dim=sizes.t5_dim, out_dim=latent_dim,
                   num_heads=sizes.num_heads, num_layers=sizes.num_layers)
     if model_type == "vace":
         from ..modules.vace_model import VaceWanModel
@@ -126,8 +131,9 @@ def write_dit(folder: str | Path, model_type: str = "t2v", sizes: TinySizes = Ti
         model = VaceWanModel(vace_layers=cfg["vace_layers"], vace_in_dim=cfg["vace_in_dim"],
                              **common)
     else:
-        model = WanModel(model_type=model_type, **common,
-                         clip_dim=sizes.clip_width if model_type in IMAGE_MODEL_TYPES else None)
+        image = model_type in IMAGE_MODEL_TYPES if image_tokens is None else image_tokens
+        model = WanModel(model_type=model_type, **common, image_tokens=image,
+                         clip_dim=sizes.clip_width if image else None)
     _random_like_official(model, seed)
     sd = {k: v.contiguous() for k, v in model.state_dict().items()}
     (folder / "config.json").write_text(json.dumps(cfg, indent=2))
@@ -328,6 +334,9 @@ def write_clip(path: str | Path, sizes: TinySizes = TinySizes(), seed: int = 3) 
 
 
 # --------------------------------------------------------------------- all
+A14B_SHARDS = 6  # each expert of the Wan2.2 A14B downloads: config.json + 6 shards + index
+
+
 def make_checkpoint(out: str | Path, task: str = "t2v-1.3B", sizes: TinySizes | None = None,
                     shards: int | None = None, seed: int = 0) -> Path:
     """Write a complete miniature checkpoint folder for ``task`` and return its path.
@@ -346,12 +355,18 @@ def make_checkpoint(out: str | Path, task: str = "t2v-1.3B", sizes: TinySizes | 
     vace = task.startswith("vace")
     if sizes is None:
         sizes = TinySizes(num_layers=VACE_TINY_LAYERS) if vace else TinySizes()
+    experts = cfg.get("high_noise_checkpoint")  # Wan2.2 A14B: two experts in subfolders
     if shards is None:
-        shards = VACE_SHARDS_14B if task == "vace-14B" else 1
+        shards = VACE_SHARDS_14B if task == "vace-14B" else A14B_SHARDS if experts else 1
     model_type = ("vace" if vace else
                   task.split("-")[0] if task.startswith(IMAGE_MODEL_TYPES) else "t2v")
-    is_i2v = model_type in IMAGE_MODEL_TYPES  # needs the CLIP image encoder
-    write_dit(out, model_type, sizes, shards=shards, seed=seed)
+    is_i2v = model_type in IMAGE_MODEL_TYPES and bool(cfg.get("clip_checkpoint"))  # CLIP
+    if experts:
+        for i, sub in enumerate((cfg.high_noise_checkpoint, cfg.low_noise_checkpoint)):
+            write_dit(out / sub, model_type, sizes, shards=shards, seed=seed + 10 * i,
+                      image_tokens=is_i2v)
+    else:
+        write_dit(out, model_type, sizes, shards=shards, seed=seed, image_tokens=is_i2v or None)
     write_t5(out / cfg.t5_checkpoint, sizes, seed=seed + 1)
     write_umt5_tokenizer(out / cfg.t5_tokenizer, sizes)
     write_vae(out / cfg.vae_checkpoint, sizes, seed=seed + 2)
@@ -367,13 +382,14 @@ def make_checkpoint(out: str | Path, task: str = "t2v-1.3B", sizes: TinySizes | 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m wan.utils.tiny_checkpoint",
-        description="Write a miniature random-weight Wan2.1 checkpoint in the official layout.")
+        description="Write a miniature random-weight Wan checkpoint in the official layout.")
     parser.add_argument("out", help="output folder (created)")
     parser.add_argument("--task", default="t2v-1.3B",
-                        help="t2v-1.3B, t2v-14B, t2i-14B, i2v-14B, flf2v-14B, vace-1.3B or vace-14B")
+                        help="a task of WAN_CONFIGS: t2v-1.3B, t2v-14B, t2i-14B, i2v-14B, "
+                             "flf2v-14B, vace-1.3B, vace-14B, t2v-A14B, i2v-A14B, ti2v-5B")
     parser.add_argument("--shards", type=int, default=None,
                         help="split the DiT into this many safetensors shards with an index "
-                             "(default 1; vace-14B: 7 as the release)")
+                             "(default 1; vace-14B: 7, each A14B expert: 6, as the releases)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(levelname)s: %(message)s")
