@@ -144,8 +144,7 @@ def _validate_inputs(task, args: argparse.Namespace) -> None:
 
     takes = [i.flag for i in task.inputs] + [o.flag for o in task.options]
     for flag in list(input_flags()) + list(option_flags()):
-        if getattr(args, flag) is not None and task.input(flag) is None and \
-                flag not in (o.flag for o in task.options):
+        if getattr(args, flag) is not None and flag not in takes:
             what = f"it takes {_flags(takes)}" if takes else "it takes only --prompt"
             raise UsageError(f"task {task.name} takes no --{flag}; {what}")
     groups: dict[str, list] = {}
@@ -158,23 +157,41 @@ def _validate_inputs(task, args: argparse.Namespace) -> None:
             missing = [i.flag for i in members if i.flag not in given]
             raise UsageError(f"--{given[0]} needs {_flags(missing)} too (task {task.name} "
                              f"takes {_flags(i.flag for i in members)} together)")
+    # The examples: a required input that is absent; the optional ones only for the example
+    # run (no --prompt and no input given), as the official script.
+    example_run = args.prompt is None and all(getattr(args, i.flag) is None for i in task.inputs)
     for inp in task.inputs:
-        path = getattr(args, inp.flag)
-        if path is None and inp.required:
-            path = str(inp.example_path)
-            setattr(args, inp.flag, path)
-        if path is not None and not Path(path).is_file():
-            label = "input image" if inp.flag == "image" else f"--{inp.flag} {inp.kind}"
-            raise UsageError(f"{label} not found: '{path}'")
+        if getattr(args, inp.flag) is None and inp.example and (inp.required or example_run):
+            setattr(args, inp.flag, inp.example_value)
+    for inp in task.inputs:
+        value = getattr(args, inp.flag)
+        if value is None:
+            continue
+        if inp.needs and getattr(args, inp.needs) is None:
+            raise UsageError(f"--{inp.flag} needs --{inp.needs} (a mask applies to a source "
+                             f"clip)" if inp.flag == "src_mask" else
+                             f"--{inp.flag} needs --{inp.needs}")
+        paths = inp.paths(value)
+        if not paths:
+            raise UsageError(f"--{inp.flag} is empty: give the path of a file")
+        if inp.limit is not None and len(paths) > inp.limit:
+            raise UsageError(f"--{inp.flag} gives {len(paths)} files; at most {inp.limit} are "
+                             f"taken")
+        for path in paths:
+            if not Path(path).is_file():
+                label = "input image" if inp.flag == "image" else \
+                    f"--{inp.flag} {'image' if inp.kind == 'images' else inp.kind}"
+                raise UsageError(f"{label} not found: '{path}'")
     for opt in task.options:
         value = getattr(args, opt.flag)
-        if value is not None and getattr(args, opt.needs) is None:
+        applies = opt.needs is None or getattr(args, opt.needs) is not None
+        if value is not None and not applies:
             raise UsageError(f"--{opt.flag} applies to --{opt.needs}, which is not given")
-        if value is None and getattr(args, opt.needs) is not None:
+        if value is None and applies:
             value = opt.default
             setattr(args, opt.flag, value)
-        if value is not None and not opt.low < value <= opt.high:
-            raise UsageError(f"--{opt.flag} must be in ({opt.low:g}, {opt.high:g}], got {value:g}")
+        if value is not None and not opt.in_range(value):
+            raise UsageError(f"--{opt.flag} must be in {opt.range_text()}, got {value:g}")
 
 
 def _validate(args: argparse.Namespace, world_size: int) -> None:
@@ -294,21 +311,32 @@ def _load_video(path: str, args: argparse.Namespace):
 
 
 def load_inputs(task, args: argparse.Namespace) -> dict:
-    """The task's inputs as the pipeline takes them: ``{generate() keyword: value}``."""
+    """The task's inputs as the pipeline takes them: ``{generate() keyword: value}``.
+
+    Tasks with a ``prepare`` method (VACE) get the paths; their pipeline reads the files.
+    """
     out = {}
     for inp in task.inputs:
-        path = getattr(args, inp.flag)
-        if path is None:
+        value = getattr(args, inp.flag)
+        if value is None:
             continue
-        if inp.kind == "image":
+        if task.prepare:
+            out[inp.param] = inp.paths(value) if inp.kind == "images" else value
+        elif inp.kind == "image":
             what = "the input image" if inp.flag == "image" else f"the --{inp.flag} image"
-            out[inp.param] = _load_image(path, what)
+            out[inp.param] = _load_image(value, what)
         else:
-            out[inp.param] = _load_video(path, args)
+            out[inp.param] = _load_video(value, args)
     for opt in task.options:
-        if getattr(args, opt.needs) is not None:
+        if opt.needs is None or getattr(args, opt.needs) is not None:
             out[opt.param] = getattr(args, opt.flag)
     return out
+
+
+def _check_images(paths: list[str], flag: str) -> None:
+    """Each image of an ``images`` input is readable (a clear line otherwise)."""
+    for path in paths:
+        _load_image(path, f"the --{flag} image")
 
 
 def _init_logging(rank: int) -> None:
@@ -394,9 +422,14 @@ def generate(args: argparse.Namespace) -> Path | None:
         args.base_seed = seed[0]
 
     inputs = load_inputs(task, args)
+    for inp in task.inputs:
+        if inp.kind == "images" and getattr(args, inp.flag) is not None:
+            _check_images(inp.paths(getattr(args, inp.flag)), inp.flag)
     original_prompt = args.prompt
     if args.use_prompt_extend:
-        images = [inputs[i.param] for i in task.image_inputs if i.param in inputs]
+        images = [] if task.prepare else \
+            [inputs[i.param] for i in task.image_inputs if i.param in inputs]
+        # the first image (FLF2V: the first frame; the official shows the expander both)
         prompt = [_extend_prompt(args, images[0] if images else None, bool(images), rank)]
         if world_size > 1:
             dist.broadcast_object_list(prompt, src=0)
@@ -415,6 +448,11 @@ def generate(args: argparse.Namespace) -> Path | None:
     pipe.vae.tiling = args.vae_tiling
     area = {"max_area": MAX_AREA_CONFIGS[args.size]} if task.size_is_area else \
         {"size": SIZE_CONFIGS[args.size]}
+    if task.prepare:  # the pipeline reads its input files (VACE: clips, masks, references)
+        inputs, used = getattr(pipe, task.prepare)(**inputs, frame_num=args.frame_num,
+                                                   size=SIZE_CONFIGS[args.size])
+        args.frame_num = used["frame_num"]
+        args.size_used = used["size"]
     video = pipe.generate(args.prompt, **inputs, **area, frame_num=args.frame_num,
                           shift=args.sample_shift, sample_solver=args.sample_solver,
                           sampling_steps=args.sample_steps, guide_scale=args.sample_guide_scale,
@@ -430,9 +468,14 @@ def generate(args: argparse.Namespace) -> Path | None:
         save_video(video, save_file, fps=fps)
     settings = {k: getattr(args, k, None) for k in replay_keys(task.name)}
     for inp in task.inputs:
-        path = getattr(args, inp.flag)
-        settings[inp.flag] = str(Path(path).resolve()) if path else None
-        settings[f"{inp.flag}_sha256"] = sha256_file(path) if path else None
+        paths = inp.paths(getattr(args, inp.flag))
+        resolved = [str(Path(p).resolve()) for p in paths]
+        digests = [sha256_file(p) for p in paths]
+        many = inp.kind == "images"
+        settings[inp.flag] = (",".join(resolved) if many else resolved[0]) if paths else None
+        settings[f"{inp.flag}_sha256"] = (digests if many else digests[0]) if paths else None
+    if getattr(args, "size_used", None):
+        settings["size_used"] = "*".join(str(v) for v in args.size_used)
     settings.update(fps=fps, negative_prompt=args.negative_prompt or cfg.sample_neg_prompt,
                     ckpt_dir=str(Path(args.ckpt_dir).resolve()), device=str(device),
                     offload_model=args.offload_model, t5_cpu=args.t5_cpu,

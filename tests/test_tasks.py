@@ -56,7 +56,9 @@ def test_every_task_has_readme_row_examples_and_flags():
         for inp in task.inputs:
             assert f"--{inp.flag}" in help_text, inp.flag
             if inp.required:
-                assert inp.example_path and inp.example_path.is_file(), inp.example
+                assert inp.example, inp.flag
+            for path in inp.paths(inp.example_value):
+                assert Path(path).is_file(), path
         for opt in task.options:
             assert f"--{opt.flag}" in help_text
         assert task.pipeline_class().__name__ == task.pipeline
@@ -78,9 +80,8 @@ def test_defaults_come_from_the_table(monkeypatch, tmp_path):
             assert args.frame_num == task.frames and args.sample_steps == task.steps
             assert args.sample_shift == task.default_shift(size)
             assert args.prompt == task.example_prompt
-            for inp in task.inputs:
-                expected = str(inp.example_path) if inp.required else None
-                assert getattr(args, inp.flag) == expected
+            for inp in task.inputs:  # the example run: the examples of every input
+                assert getattr(args, inp.flag) == inp.example_value
     # the official per-task defaults
     assert TASKS["i2v-14B"].default_shift("832*480") == 3.0
     assert TASKS["flf2v-14B"].shift == 16 and TASKS["flf2v-14B"].steps == 50

@@ -28,7 +28,7 @@ class TaskInput:
     """A conditioning input of a task, given on the command line as ``--<flag> PATH``."""
 
     flag: str                    # command-line flag without "--"; also the sidecar key
-    kind: str                    # "image" or "video"
+    kind: str                    # "image", "video", or "images" (comma-separated paths)
     param: str                   # keyword of the pipeline's generate()
     help: str
     required: bool = True        # the task cannot run without it (the example stands in)
@@ -36,10 +36,23 @@ class TaskInput:
     group: str | None = None     # inputs of one group are given together or not at all
     label: str = ""              # the demo widget's label
     missing: str = ""            # the demo's message when it is not given
+    needs: str | None = None     # another input flag that must be given with this one
+    limit: int | None = None     # "images": at most this many
+
+    def paths(self, value: str | None) -> list[str]:
+        """The file paths of a given value (one, or a comma-separated list for "images")."""
+        if value is None:
+            return []
+        if self.kind == "images":
+            return [p.strip() for p in str(value).split(",") if p.strip()]
+        return [str(value)]
 
     @property
-    def example_path(self) -> Path | None:
-        return REPO_ROOT / self.example if self.example else None
+    def example_value(self) -> str | None:
+        """The example as the flag's value (absolute paths; comma-separated for "images")."""
+        if not self.example:
+            return None
+        return ",".join(str(REPO_ROOT / e.strip()) for e in self.example.split(","))
 
 
 @dataclass(frozen=True)
@@ -50,9 +63,18 @@ class TaskOption:
     param: str
     default: float
     help: str
-    needs: str                   # the input flag it applies to
-    low: float                   # valid range: low < value <= high
+    needs: str | None            # the input flag it applies to (None: the whole task)
+    low: float                   # valid range: low < value <= high (low <= value: low_inclusive)
     high: float
+    low_inclusive: bool = False
+
+    def in_range(self, value: float) -> bool:
+        above = value >= self.low if self.low_inclusive else value > self.low
+        return above and value <= self.high
+
+    def range_text(self) -> str:
+        high = "inf)" if self.high == float("inf") else f"{self.high:g}]"
+        return f"{'[' if self.low_inclusive else '('}{self.low:g}, {high}"
 
 
 @dataclass(frozen=True)
@@ -75,6 +97,9 @@ class Task:
     options: tuple[TaskOption, ...] = ()
     example_prompt: str = ""
     notes: str = ""              # for the README row
+    # A pipeline method that turns the input files into generate() keywords (VACE reads
+    # its clips itself, as the official prepare_source); None: generate.py loads them.
+    prepare: str | None = None
 
     @property
     def config(self):
@@ -129,8 +154,9 @@ _FLF2V_PROMPT = ("CG动画风格，一只蓝色的小鸟从地面起飞，煽动
 
 _SRC_VIDEO = TaskInput(
     "src_video", "video", "src_video", required=False,
-    help="video-to-video: re-render this clip from the prompt (resized and centre-cropped to "
-         "--size; --frame_num defaults to the largest 4n+1 frames it holds, at most 81)")
+    help="T2V: video-to-video, re-render this clip from the prompt (resized and centre-cropped "
+         "to --size; --frame_num defaults to the largest 4n+1 frames it holds, at most 81); "
+         "VACE: the source (or control) clip to edit")
 _STRENGTH = TaskOption(
     "strength", "strength", 0.8, needs="src_video", low=0.0, high=1.0,
     help="video-to-video: how much of the source to re-render, 0 < S <= 1 (default 0.8; "
@@ -141,6 +167,31 @@ _IMAGE = TaskInput("image", "image", "img", example="examples/i2v_input.JPG",
                    label="Input image (the first frame)",
                    missing="Please upload an input image: it becomes the first frame of the "
                            "video.")
+
+# VACE (Wan2.1-VACE-1.3B / -14B): any mix of a source clip, its mask and reference images.
+MAX_REF_IMAGES = 8  # each reference image adds one latent frame (a project limit)
+_VACE_INPUTS = (
+    TaskInput("src_video", "video", "src_video", required=False, label="Source video",
+              help="VACE: the source (or control) clip to edit"),
+    TaskInput("src_mask", "video", "src_mask", required=False, needs="src_video",
+              label="Mask video (white: regenerate)",
+              help="VACE: a mask clip for --src_video (white = generate, black = keep)"),
+    TaskInput("src_ref_images", "images", "src_ref_images", required=False,
+              example="examples/girl.png,examples/snake.png", limit=MAX_REF_IMAGES,
+              label="Reference image",
+              help=f"VACE: reference images, comma-separated (at most {MAX_REF_IMAGES}): "
+                   f"put these subjects in the video"),
+)
+_CONTEXT_SCALE = TaskOption(
+    "context_scale", "context_scale", 1.0, needs=None, low=0.0, high=float("inf"),
+    low_inclusive=True, help="VACE: the weight of the VACE branch (default 1.0)")
+# The official example prompt of VACE (Chinese, as released): a little girl in red spring
+# clothes plays happily with a cute green cartoon snake in a festive scene.
+_VACE_PROMPT = ("在一个欢乐而充满节日气氛的场景中，穿着鲜艳红色春服的小女孩正与她的可爱卡通蛇嬉戏。"
+                "她的春服上绣着金色吉祥图案，散发着喜庆的气息，脸上洋溢着灿烂的笑容。蛇身呈现出亮眼的"
+                "绿色，形状圆润，宽大的眼睛让它显得既友善又幽默。小女孩欢快地用手轻轻抚摸着蛇的头部，"
+                "共同享受着这温馨的时刻。周围五彩斑斓的灯笼和彩带装饰着环境，阳光透过洒在她们身上，"
+                "营造出一个充满友爱与幸福的新年氛围。")
 
 TASKS: dict[str, Task] = {t.name: t for t in (
     Task("t2v-14B", "WanT2V", "text-to-video", "Wan2.1-T2V-14B", frames=81, steps=50,
@@ -166,6 +217,14 @@ TASKS: dict[str, Task] = {t.name: t for t in (
                            help="first-last-frame-to-video: the last frame", label="Last frame",
                            missing="Please upload the last frame: the video ends on it.")),
          example_prompt=_FLF2V_PROMPT, notes="trained for 720P; 480P sizes run"),
+    Task("vace-1.3B", "WanVace", "video creation and editing (VACE)", "Wan2.1-VACE-1.3B",
+         frames=81, steps=50, shift=16.0, inputs=_VACE_INPUTS, options=(_CONTEXT_SCALE,),
+         example_prompt=_VACE_PROMPT, prepare="prepare_cli_inputs",
+         notes="a source clip sets the size and frames"),
+    Task("vace-14B", "WanVace", "video creation and editing (VACE)", "Wan2.1-VACE-14B",
+         frames=81, steps=50, shift=16.0, inputs=_VACE_INPUTS, options=(_CONTEXT_SCALE,),
+         example_prompt=_VACE_PROMPT, prepare="prepare_cli_inputs",
+         notes="a source clip sets the size and frames"),
     # Wan2.2
     Task("t2v-A14B", "WanT2V", "text-to-video (Wan2.2, two experts)", "Wan2.2-T2V-A14B",
          frames=81, steps=40, shift=12.0, guide_scale=(3.0, 4.0), inputs=(_SRC_VIDEO,),
