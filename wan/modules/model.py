@@ -41,7 +41,7 @@ __all__ = ["WanModel", "cached_context", "sinusoidal_embedding_1d", "rope_tables
 log = logging.getLogger(__name__)
 
 CLIP_TOKENS = 257
-MODEL_TYPES = ("t2v", "i2v", "flf2v")
+MODEL_TYPES = ("t2v", "i2v", "flf2v", "ti2v")  # ti2v: Wan2.2 TI2V-5B, a t2v DiT over 48 channels
 IMAGE_MODEL_TYPES = ("i2v", "flf2v")  # the types with CLIP image tokens (img_emb, k_img/v_img)
 VACE_PREFIXES = ("vace_blocks.", "vace_patch_embedding.")  # the VACE model's own tensors
 
@@ -729,7 +729,7 @@ def infer_config(cfg: dict, sd: dict[str, torch.Tensor], source: str) -> dict:
         "flf2v" if has_pos else "i2v" if "img_emb.proj.0.weight" in sd else "t2v")
     if model_type not in MODEL_TYPES:
         raise CheckpointError(f"{source}: model_type '{model_type}' is not supported "
-                              f"(this project runs the t2v, i2v and flf2v Wan2.1 models).")
+                              f"(this project runs the t2v, i2v, flf2v and ti2v models).")
     if has_pos != (model_type == "flf2v"):
         raise CheckpointError(
             f"{source}: config.json says model_type '{model_type}' but the weights "
