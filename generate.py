@@ -391,7 +391,7 @@ def _extend_prompt(args, image, is_vl: bool, rank: int) -> str:
 def generate(args: argparse.Namespace) -> Path | None:
     import torch.distributed as dist
 
-    from wan.configs import MAX_AREA_CONFIGS, SIZE_CONFIGS
+    from wan.configs import SIZE_CONFIGS
     from wan.sampling import resolve_seed
     from wan.tasks import get_task
     from wan.utils.io import default_save_file, save_image, save_video, sha256_file, write_sidecar
@@ -446,8 +446,7 @@ def generate(args: argparse.Namespace) -> Path | None:
         use_usp=args.ulysses_size > 1 or args.ring_size > 1, t5_cpu=args.t5_cpu,
         dit_offload_blocks=args.dit_offload_blocks, convert_model_dtype=args.convert_model_dtype)
     pipe.vae.tiling = args.vae_tiling
-    area = {"max_area": MAX_AREA_CONFIGS[args.size]} if task.size_is_area else \
-        {"size": SIZE_CONFIGS[args.size]}
+    area = task.size_kwargs(args.size)
     if task.prepare:  # the pipeline reads its input files (VACE: clips, masks, references)
         inputs, used = getattr(pipe, task.prepare)(**inputs, frame_num=args.frame_num,
                                                    size=SIZE_CONFIGS[args.size])

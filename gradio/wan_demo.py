@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import logging
+import shutil
 import os
 import random
 import sys
@@ -42,6 +43,7 @@ log = logging.getLogger("wan_demo")
 MAX_SEED = 2**31 - 1  # the largest seed the official demos offer (exact in the browser, too)
 AREAS = {"720P": "1280*720", "480P": "832*480"}  # resolution -> size key of MAX_AREA_CONFIGS
 LANGUAGES = ["ZH", "EN"]
+MAX_DEMO_IMAGES = 3  # reference-image slots of a list input (VACE)
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,11 @@ class DemoSpec:
     shift_max: float = 10.0
     steps: int | None = None
     ckpt_per_resolution: bool = False  # I2V: one checkpoint folder per resolution
+    show_optional: bool = False        # also offer the task's optional inputs (VACE)
+    # other tasks this demo runs when its command line asks (--task t2v-A14B in the T2V-14B
+    # demo; --model_name vace-1.3B in the VACE demo, the official flag)
+    variants: tuple[str, ...] = ()
+    variant_flag: str = "--task"
 
     @property
     def entry(self):
@@ -68,9 +75,28 @@ class DemoSpec:
         return TASKS[self.task]
 
     @property
+    def inputs(self):
+        """The task inputs the page offers: the required ones (and with ``show_optional``
+        the optional ones); an ``images`` input gets up to :data:`MAX_DEMO_IMAGES` widgets."""
+        return tuple(i for i in self.entry.inputs if i.required or self.show_optional)
+
+    @property
     def images(self):
-        """The image inputs of the task, one upload widget each."""
-        return self.entry.image_inputs
+        """The single-image inputs (the prompt enhancer sees the first one)."""
+        return tuple(i for i in self.inputs if i.kind == "image")
+
+    @property
+    def options(self):
+        """The task's numeric options whose input is offered (VACE: the context scale)."""
+        flags = {i.flag for i in self.inputs}
+        return tuple(o for o in self.entry.options if o.needs is None or o.needs in flags)
+
+    def widget_names(self, inp) -> list[str]:
+        """The API names of an input's widgets (``src_ref_image_1``... for a list)."""
+        if inp.kind != "images":
+            return [inp.flag]
+        n = min(inp.limit or MAX_DEMO_IMAGES, MAX_DEMO_IMAGES)
+        return [f"{inp.flag.rstrip('s')}_{k + 1}" for k in range(n)]
 
     @property
     def uses_area(self) -> bool:
@@ -100,15 +126,33 @@ _T2V_14B_SIZES = ("720*1280", "1280*720", "960*960", "1088*832", "832*1088", "48
                   "832*480", "624*624", "704*544", "544*704")
 _T2V_1_3B_SIZES = ("480*832", "832*480", "624*624", "704*544", "544*704")
 
+_A14B_SIZES = ("720*1280", "1280*720", "480*832", "832*480")
+
 DEMOS: dict[str, DemoSpec] = {
-    "t2v-14B": DemoSpec("t2v-14B", "Wan2.1 text-to-video (14B)", _T2V_14B_SIZES, "720*1280"),
+    "t2v-14B": DemoSpec("t2v-14B", "Wan2.1 text-to-video (14B)", _T2V_14B_SIZES, "720*1280",
+                        variants=("t2v-A14B",)),
     "t2v-1.3B": DemoSpec("t2v-1.3B", "Wan2.1 text-to-video (1.3B)", _T2V_1_3B_SIZES, "480*832",
                          guide_scale=6.0, shift=8.0, shift_max=20.0, steps=50),
     "t2i-14B": DemoSpec("t2i-14B", "Wan2.1 text-to-image (14B)", _T2V_14B_SIZES, "720*1280"),
     "i2v-14B": DemoSpec("i2v-14B", "Wan2.1 image-to-video (14B)", ("720P", "480P"), "720P",
-                        ckpt_per_resolution=True),
+                        ckpt_per_resolution=True, variants=("i2v-A14B",)),
     "flf2v-14B": DemoSpec("flf2v-14B", "Wan2.1 first-last-frame-to-video (14B)",
                           ("720P", "480P"), "720P", shift_max=20.0),
+    "vace-14B": DemoSpec("vace-14B", "Wan2.1 VACE: video creation and editing (14B)",
+                         ("1280*720", "720*1280", "832*480", "480*832"), "1280*720",
+                         shift_max=20.0, show_optional=True, variants=("vace-1.3B",),
+                         variant_flag="--model_name"),
+    "vace-1.3B": DemoSpec("vace-1.3B", "Wan2.1 VACE: video creation and editing (1.3B)",
+                          ("832*480", "480*832"), "832*480", shift_max=20.0,
+                          show_optional=True, variants=("vace-14B",),
+                          variant_flag="--model_name"),
+    # Wan2.2
+    "t2v-A14B": DemoSpec("t2v-A14B", "Wan2.2 text-to-video (A14B, two experts)", _A14B_SIZES,
+                         "1280*720", variants=("t2v-14B",)),
+    "i2v-A14B": DemoSpec("i2v-A14B", "Wan2.2 image-to-video (A14B, two experts)",
+                         ("720P", "480P"), "720P", variants=("i2v-14B",)),
+    "ti2v-5B": DemoSpec("ti2v-5B", "Wan2.2 text-image-to-video (5B)", ("1280*704", "704*1280"),
+                        "1280*704", show_optional=True),
 }
 
 
@@ -121,6 +165,10 @@ def build_parser(spec: DemoSpec) -> argparse.ArgumentParser:
     from wan.utils.utils import str2bool
 
     p = argparse.ArgumentParser(description=f"{spec.title}: a local web demo (Gradio).")
+    if spec.variants:
+        p.add_argument(spec.variant_flag, dest="variant", default=spec.task,
+                       choices=[spec.task, *spec.variants],
+                       help=f"the model to run (default {spec.task})")
     if spec.ckpt_per_resolution:
         p.add_argument("--ckpt_dir_720p", default=None, help="the Wan2.1-I2V-14B-720P folder")
         p.add_argument("--ckpt_dir_480p", default=None, help="the Wan2.1-I2V-14B-480P folder")
@@ -204,6 +252,12 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'s' * (n != 1)}"
 
 
+def _remove(paths: list[Path]) -> None:
+    """Remove the input copies of a job that failed."""
+    for path in paths:
+        path.unlink(missing_ok=True)
+
+
 def _fail(message: str) -> gr.Error:
     """A user-facing error shown in the page (without a traceback in the server log)."""
     return gr.Error(message, print_exception=False)
@@ -221,7 +275,8 @@ class Job:
     guide_scale: float
     shift: float
     seed: int
-    images: dict[str, Any]  # input flag -> PIL image (tasks with image inputs)
+    inputs: dict[str, Any]  # input flag -> PIL image, video path or list of PIL images
+    options: dict[str, float]  # option flag -> value (VACE: context_scale)
 
 
 class WanDemo:
@@ -274,17 +329,19 @@ class WanDemo:
 
     # -- generation ---------------------------------------------------------------------------
 
-    def generate(self, prompt: str, images: dict[str, Any], resolution: str, frames: float,
+    def generate(self, prompt: str, inputs: dict[str, Any], resolution: str, frames: float,
                  steps: float, guide_scale: float, shift: float, seed: float,
-                 negative_prompt: str, progress: gr.Progress = gr.Progress()
-                 ) -> tuple[str, int, str]:
+                 negative_prompt: str, options: dict[str, float] | None = None,
+                 progress: gr.Progress = gr.Progress()) -> tuple[str, int, str]:
         """Generate from the page's inputs; returns (file, seed used, a line about the result).
 
-        ``images`` maps each image input of the task (its flag: ``image``, ``first_frame``,
-        ...) to the uploaded picture or None.
+        ``inputs`` maps each offered input of the task (its flag: ``image``,
+        ``first_frame``, ``src_video``...) to the upload (a PIL image, a video path, or
+        for ``images`` a list) or None; ``options`` the numeric options (VACE's
+        ``context_scale``).
         """
-        job = self._check_inputs(prompt, images, resolution, frames, steps, guide_scale, shift,
-                                 seed, negative_prompt)
+        job = self._check_inputs(prompt, inputs, options or {}, resolution, frames, steps,
+                                 guide_scale, shift, seed, negative_prompt)
         pipe = self._pipeline_for(job.resolution)
         progress(0, desc="Encoding the prompt")
 
@@ -292,53 +349,81 @@ class WanDemo:
             progress((i, total), desc="Denoising", unit="steps")
 
         t0 = time.perf_counter()
+        path = _unique_path(self.output_dir, self._file_name(job))
+        kept: list[Path] = []
         try:
-            video = self._run(pipe, job, on_step)
+            kept = self._keep_inputs(job, path)
+            video = self._run(pipe, job, on_step, kept)
             progress(1.0, desc=f"Writing the {self.spec.noun}")
-            out = self._save(video, job, time.perf_counter() - t0)
+            out = self._save(video, job, path, kept, time.perf_counter() - t0)
         except ValueError as e:  # the pipelines' own checks of the input
+            _remove(kept)
             raise _fail(str(e)) from None
         except Exception as e:  # noqa: BLE001 - shown in the page; the demo stays usable
+            _remove(kept)
             log.exception("Generation failed")
             self._release_memory()
             raise _fail(f"Generation failed ({type(e).__name__}: {e}). The demo is ready "
                         f"for the next request.") from None
         h, w = video.shape[-2:]
-        info = (f"Seed {job.seed} · {w}×{h} · {_count(job.frames, 'frame')} · "
+        frames_out = video.shape[1]
+        info = (f"Seed {job.seed} · {w}×{h} · {_count(frames_out, 'frame')} · "
                 f"{_count(job.steps, 'step')} · {time.perf_counter() - t0:.1f} s · "
                 f"saved as `{out}`")
         log.info("Done: %s", info)
         return str(out), job.seed, info
 
-    def api_handler(self) -> Callable[..., tuple[str, int, str]]:
-        """:meth:`generate` with the task's image inputs as separate, named parameters
-        (``prompt, image, resolution, ...`` for I2V; ``prompt, first_frame, last_frame, ...``
-        for FLF2V; ``prompt, resolution, ...`` without images), as Gradio and its API see it."""
-        flags = [i.flag for i in self.spec.images]
+    def api_names(self) -> list[str]:
+        """The handler's parameters as Gradio and its API see them: ``prompt``, the input
+        widgets (``image``; ``first_frame, last_frame``; ``src_video, src_mask,
+        src_ref_image_1...``), the options, then the sampling settings."""
+        widgets = [n for inp in self.spec.inputs for n in self.spec.widget_names(inp)]
+        return ["prompt", *widgets, *(o.flag for o in self.spec.options), "resolution",
+                "frames", "steps", "guide_scale", "shift", "seed", "negative_prompt"]
 
-        def handler(prompt, *rest, progress=gr.Progress()):
-            images = dict(zip(flags, rest[:len(flags)]))
-            return self.generate(prompt, images, *rest[len(flags):], progress=progress)
+    def api_handler(self) -> Callable[..., tuple[str, int, str]]:
+        """:meth:`generate` with one named parameter per widget (see :meth:`api_names`)."""
+        names = self.api_names()
+        spec = self.spec
+
+        def handler(*values, progress=gr.Progress()):
+            got = dict(zip(names, values))
+            inputs = {}
+            for inp in spec.inputs:
+                parts = [got[n] for n in spec.widget_names(inp)]
+                inputs[inp.flag] = [v for v in parts if v is not None] or None \
+                    if inp.kind == "images" else parts[0]
+            options = {o.flag: got[o.flag] for o in spec.options}
+            return self.generate(got["prompt"], inputs, got["resolution"], got["frames"],
+                                 got["steps"], got["guide_scale"], got["shift"], got["seed"],
+                                 got["negative_prompt"], options, progress=progress)
 
         P = inspect.Parameter
-        names = ["prompt", *flags, "resolution", "frames", "steps", "guide_scale", "shift",
-                 "seed", "negative_prompt"]
         params = [P(n, P.POSITIONAL_OR_KEYWORD) for n in names]
         params.append(P("progress", P.KEYWORD_ONLY, default=gr.Progress()))
         handler.__signature__ = inspect.Signature(params)
         handler.__name__ = "generate"
         return handler
 
-    def _check_inputs(self, prompt: str | None, images: dict[str, Any], resolution: str,
-                      frames: float, steps: float, guide_scale: float, shift: float,
-                      seed: float, negative_prompt: str | None) -> Job:
+    def _check_inputs(self, prompt: str | None, inputs: dict[str, Any],
+                      options: dict[str, float], resolution: str, frames: float, steps: float,
+                      guide_scale: float, shift: float, seed: float,
+                      negative_prompt: str | None) -> Job:
         """Reject bad input with a clear message; a random seed is drawn here for -1."""
         prompt = (prompt or "").strip()
         if not prompt:
             raise _fail(f"Please enter a prompt: describe the {self.spec.noun} to generate.")
-        for inp in self.spec.images:
-            if images.get(inp.flag) is None:
+        for inp in self.spec.inputs:
+            value = inputs.get(inp.flag)
+            if value is None and inp.required:
                 raise _fail(inp.missing or f"Please upload the {inp.label.lower()}.")
+            if value is not None and inp.needs and inputs.get(inp.needs) is None:
+                raise _fail(f"The {inp.label.lower()} needs a {self._label(inp.needs)} too.")
+        for opt in self.spec.options:
+            value = options.get(opt.flag)
+            if value is None or not opt.in_range(float(value)):
+                raise _fail(f"The {opt.flag.replace('_', ' ')} must be in {opt.range_text()}; "
+                            f"got {value}.")
         self._pipeline_for(resolution)
         default_frames = self.spec.entry.frames
         frames = 1 if self.spec.is_image else int(frames if frames is not None else default_frames)
@@ -354,16 +439,58 @@ class WanDemo:
         seed = -1 if seed is None else int(seed)
         if seed > MAX_SEED:
             raise _fail(f"The seed must be at most {MAX_SEED} (or -1 for a random one).")
+
+        def rgb(v):
+            return v.convert("RGB") if hasattr(v, "convert") else v
+        kept = {}
+        for inp in self.spec.inputs:
+            value = inputs.get(inp.flag)
+            kept[inp.flag] = None if value is None else \
+                [rgb(v) for v in value] if inp.kind == "images" else rgb(value)
         return Job(prompt=prompt, negative_prompt=negative_prompt or "", resolution=resolution,
                    frames=frames, steps=steps, guide_scale=float(guide_scale),
                    shift=float(shift), seed=seed if seed >= 0 else random.randint(0, MAX_SEED),
-                   images={i.flag: images[i.flag].convert("RGB") for i in self.spec.images})
+                   inputs=kept, options={k: float(v) for k, v in options.items()})
+
+    def _label(self, flag: str) -> str:
+        inp = self.spec.entry.input(flag)
+        return (inp.label if inp is not None and inp.label else flag).lower()
 
     def _size_key(self, resolution: str) -> str:
         """The ``--size`` value of ``resolution`` (an area key for the image tasks)."""
         return AREAS[resolution] if self.spec.uses_area else resolution
 
-    def _run(self, pipe, job: Job, on_step: Callable[[int, int], None]) -> torch.Tensor:
+    def _file_name(self, job: Job) -> str:
+        from wan.utils.io import default_save_file
+        return default_save_file(self.spec.task, self._size_key(job.resolution), 1, 1, job.prompt)
+
+    def _keep_inputs(self, job: Job, out: Path) -> list[Path]:
+        """Copy every input next to the result (PNG images, the uploaded clips), for the
+        sidecar and ``--replay``; returns the files written."""
+        from wan.utils.io import atomic_path
+
+        written: list[Path] = []
+        for inp in self.spec.inputs:
+            value = job.inputs.get(inp.flag)
+            if value is None:
+                continue
+            suffix = "input" if inp.flag == "image" else inp.flag
+            values = value if inp.kind == "images" else [value]
+            for k, v in enumerate(values):
+                tag = f"_{k + 1}" if inp.kind == "images" else ""
+                if inp.kind == "video":
+                    path = out.with_name(f"{out.stem}_{suffix}{tag}{Path(str(v)).suffix or '.mp4'}")
+                    with atomic_path(path) as tmp:
+                        shutil.copyfile(v, tmp)
+                else:
+                    path = out.with_name(f"{out.stem}_{suffix}{tag}.png")
+                    with atomic_path(path) as tmp:
+                        v.save(tmp, format="PNG")
+                written.append(path)
+        return written
+
+    def _run(self, pipe, job: Job, on_step: Callable[[int, int], None],
+             kept: list[Path]) -> torch.Tensor:
         """Call the pipeline: ``[3, F, H, W]`` in [-1, 1]."""
         from wan.configs import MAX_AREA_CONFIGS
 
@@ -373,40 +500,57 @@ class WanDemo:
         log.info("Generating (%s, %s, %d frames, %d steps, guide %.2f, shift %.2f, seed %d): %s",
                  self.spec.task, job.resolution, job.frames, job.steps, job.guide_scale,
                  job.shift, job.seed, job.prompt)
-        images = {i.param: job.images[i.flag] for i in self.spec.images}
         size = self._size_key(job.resolution)
+        width, height = (int(v) for v in size.split("*"))
+        entry = self.spec.entry
+        if entry.prepare:  # the pipeline reads the files itself (VACE), as on the command line
+            paths = self._input_paths(job, kept)
+            kwargs = {entry.input(f).param: v for f, v in paths.items()}
+            kwargs.update({o.param: job.options[o.flag] for o in self.spec.options})
+            inputs, used = getattr(pipe, entry.prepare)(**kwargs, frame_num=job.frames,
+                                                        size=(width, height))
+            common["frame_num"] = used["frame_num"]
+            return pipe.generate(job.prompt, **inputs, size=(width, height), **common)
+        images = {i.param: job.inputs[i.flag] for i in self.spec.inputs}
         if self.spec.uses_area:
             return pipe.generate(job.prompt, **images, max_area=MAX_AREA_CONFIGS[size], **common)
-        width, height = (int(v) for v in size.split("*"))
         return pipe.generate(job.prompt, **images, size=(width, height), **common)
 
-    def _save(self, video: torch.Tensor, job: Job, seconds: float) -> Path:
+    def _input_paths(self, job: Job, kept: list[Path]) -> dict[str, Any]:
+        """The kept copies of the inputs, per flag (a list for ``images``)."""
+        out, files = {}, iter(kept)
+        for inp in self.spec.inputs:
+            value = job.inputs.get(inp.flag)
+            if value is None:
+                continue
+            n = len(value) if inp.kind == "images" else 1
+            paths = [str(next(files)) for _ in range(n)]
+            out[inp.flag] = paths if inp.kind == "images" else paths[0]
+        return out
+
+    def _save(self, video: torch.Tensor, job: Job, path: Path, kept: list[Path],
+              seconds: float) -> Path:
         """Write the result and its sidecar (atomically) into the output folder."""
-        from wan.utils.io import atomic_path, default_save_file, save_image, save_video, \
-            sha256_file, write_sidecar
+        from wan.utils.io import save_image, save_video, sha256_file, write_sidecar
 
         size = self._size_key(job.resolution)
-        path = _unique_path(self.output_dir,
-                            default_save_file(self.spec.task, size, 1, 1, job.prompt))
         fps = self.config.sample_fps
         out = save_image(video[:, 0], path) if self.spec.is_image else \
             save_video(video, path, fps=fps)
         folder = self.folders[job.resolution if self.spec.ckpt_per_resolution else ""]
         settings = dict(
-            task=self.spec.task, size=size, frame_num=job.frames, prompt=job.prompt,
+            task=self.spec.task, size=size, frame_num=int(video.shape[1]), prompt=job.prompt,
             negative_prompt=job.negative_prompt or self.config.sample_neg_prompt,
             base_seed=job.seed, sample_solver="unipc", sample_steps=job.steps,
             sample_shift=job.shift, sample_guide_scale=job.guide_scale, fps=fps,
             ckpt_dir=str(Path(folder).resolve()), device=str(self.device),
             offload_model=self.args.offload_model, t5_cpu=self.args.t5_cpu,
-            seconds=round(seconds, 2), source="gradio demo")
-        for inp in self.spec.images:  # keep the inputs next to the video, for --replay
-            suffix = "input" if inp.flag == "image" else inp.flag
-            image_path = out.with_name(f"{out.stem}_{suffix}.png")
-            with atomic_path(image_path) as tmp:
-                job.images[inp.flag].save(tmp, format="PNG")
-            settings[inp.flag] = str(image_path)
-            settings[f"{inp.flag}_sha256"] = sha256_file(image_path)
+            seconds=round(seconds, 2), source="gradio demo", **job.options)
+        for flag, value in self._input_paths(job, kept).items():
+            many = isinstance(value, list)
+            settings[flag] = ",".join(value) if many else value
+            digests = [sha256_file(v) for v in (value if many else [value])]
+            settings[f"{flag}_sha256"] = digests if many else digests[0]
         if self.spec.uses_area:
             settings["resolution"] = job.resolution
         write_sidecar(out, settings)
@@ -494,11 +638,24 @@ class WanDemo:
             w["resolution"] = gr.Dropdown(
                 resolutions, value=resolutions[0], label="Resolution", allow_custom_value=True,
                 info=info, elem_id="resolution")
-        w["images"] = []
+        w["inputs"] = []  # in the order of WanDemo.api_names
         with gr.Row():
-            for inp in spec.images:
-                elem = "input_image" if inp.flag == "image" else inp.flag
-                w["images"].append(gr.Image(type="pil", label=inp.label, elem_id=elem))
+            for inp in spec.inputs:
+                for name in spec.widget_names(inp):
+                    elem = "input_image" if inp.flag == "image" else name
+                    label = inp.label if inp.kind != "images" else \
+                        f"{inp.label} {name.rsplit('_', 1)[1]} (optional)"
+                    if inp.kind == "video":
+                        optional = "" if inp.required else " (optional)"
+                        widget = gr.Video(label=inp.label + optional, elem_id=elem,
+                                          sources=["upload"])
+                    else:
+                        widget = gr.Image(type="pil", label=label, elem_id=elem)
+                    w["inputs"].append(widget)
+        w["options"] = [gr.Slider(o.low, 2.0 if o.high == float("inf") else o.high,
+                                  value=o.default, step=0.05, elem_id=o.flag,
+                                  label=o.flag.replace("_", " ").capitalize())
+                        for o in spec.options]
         w["prompt"] = gr.Textbox(label="Prompt", lines=3, elem_id="prompt",
                                  placeholder=f"Describe the {spec.noun} you want to generate")
         with gr.Row():
@@ -539,15 +696,17 @@ class WanDemo:
 
     def _wire(self, w: dict[str, Any], generate_button, result, seed_used, info) -> None:
         """Connect the buttons. Generation and enhancement share one queue slot."""
-        first_image = w["images"][0] if w["images"] else gr.State(None)
+        images = [x for x, n in zip(w["inputs"], self.api_names()[1:])
+                  if n in {i.flag for i in self.spec.images}]
+        first_image = images[0] if images else gr.State(None)
         w["enhance"].click(
             self.enhance_prompt, inputs=[w["prompt"], w["tar_lang"], w["seed"], first_image],
             outputs=[w["prompt"]], api_name="enhance_prompt", concurrency_limit=1,
             concurrency_id="model")
         generate_button.click(
             self.api_handler(),
-            inputs=[w["prompt"], *w["images"], w["resolution"], w["frames"], w["steps"],
-                    w["guide_scale"], w["shift"], w["seed"], w["negative_prompt"]],
+            inputs=[w["prompt"], *w["inputs"], *w["options"], w["resolution"], w["frames"],
+                    w["steps"], w["guide_scale"], w["shift"], w["seed"], w["negative_prompt"]],
             outputs=[result, seed_used, info], api_name="generate", concurrency_limit=1,
             concurrency_id="model")
         if self.spec.uses_area:  # the official default shift may differ between 480P and 720P
@@ -567,9 +726,19 @@ def _init_logging() -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up requests
 
 
+def _variant(spec: DemoSpec, argv: list[str] | None) -> DemoSpec:
+    """The spec of the model the command line asks for (``--task`` / ``--model_name``)."""
+    if not spec.variants:
+        return spec
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument(spec.variant_flag, dest="variant", default=spec.task)
+    known, _ = pre.parse_known_args(argv)
+    return DEMOS[known.variant] if known.variant in spec.variants else spec
+
+
 def main(task: str, argv: list[str] | None = None) -> None:
     """Run the demo of ``task`` (a key of :data:`DEMOS`): parse, load, serve."""
-    spec = DEMOS[task]
+    spec = _variant(DEMOS[task], argv)  # e.g. --task t2v-A14B in the T2V-14B demo
     args = parse_args(spec, argv)
     _init_logging()
     demo = WanDemo(spec, args)

@@ -92,6 +92,7 @@ class Task:
     #                                                  for the two Wan2.2 A14B experts)
     shift_480p: float | None = None  # default shift at the 480P sizes, where it differs
     size_is_area: bool = False   # --size is an area; the input image sets the aspect ratio
+    size_and_area: bool = False  # generate() takes both (TI2V: the size, or with an image the area)
     output: str = "video"        # "video" (MP4) or "image" (PNG)
     inputs: tuple[TaskInput, ...] = ()
     options: tuple[TaskOption, ...] = ()
@@ -116,6 +117,17 @@ class Task:
     @property
     def image_inputs(self) -> tuple[TaskInput, ...]:
         return tuple(i for i in self.inputs if i.kind == "image")
+
+    def size_kwargs(self, size: str) -> dict:
+        """The ``generate()`` keywords of ``--size``: ``size=(w, h)`` and/or ``max_area``."""
+        from .configs import MAX_AREA_CONFIGS, SIZE_CONFIGS
+
+        out = {}
+        if not self.size_is_area:
+            out["size"] = SIZE_CONFIGS[size]
+        if self.size_is_area or self.size_and_area:
+            out["max_area"] = MAX_AREA_CONFIGS[size]
+        return out
 
     def default_shift(self, size: str) -> float:
         if self.shift_480p is not None and size in ("832*480", "480*832"):
@@ -232,6 +244,13 @@ TASKS: dict[str, Task] = {t.name: t for t in (
     Task("i2v-A14B", "WanI2V", "image-to-video (Wan2.2, two experts)", "Wan2.2-I2V-A14B",
          frames=81, steps=40, shift=5.0, guide_scale=(3.5, 3.5), size_is_area=True,
          inputs=(_IMAGE,), example_prompt=_I2V_PROMPT),
+    Task("ti2v-5B", "WanTI2V", "text-to-video and image-to-video (Wan2.2, 24 fps)",
+         "Wan2.2-TI2V-5B", frames=121, steps=50, shift=5.0, size_and_area=True,
+         inputs=(TaskInput("image", "image", "img", required=False,
+                           help="image-to-video: the first frame (TI2V-5B: optional; its "
+                                "aspect ratio is kept within --size's area)",
+                           label="Input image (the first frame)"),),
+         example_prompt=_T2V_PROMPT, notes="--image optional"),
 )}
 
 
@@ -269,6 +288,8 @@ def markdown_table() -> str:
         sizes = " ".join(f"`{s}`" for s in t.sizes)
         if t.size_is_area:
             sizes += " (area; the image sets the aspect)"
+        elif t.size_and_area:
+            sizes += " (with an image: the area)"
         notes = f"; {t.notes}" if t.notes else ""
         rows.append(f"| `{t.name}` | {t.title}{notes} | {t.checkpoint} | {inputs} | {sizes} | "
                     f"{t.frames} | {t.steps} | {shift} | {_guide(t.guide_scale)} |")
