@@ -355,3 +355,75 @@ def test_processor_constants():
     plan = plan_clip(np.array([[0, 0.0625]], dtype=np.float32), 480, 832, area=480 * 832,
                      seq_len=32760)
     assert (plan.frame_ids, plan.height, plan.width) == ([0], 480, 832)
+
+
+# --------------------------------------------------------------------- the vace_inputs helper
+def run_helper(*args):
+    return subprocess.run([sys.executable, "-m", "wan.utils.vace_inputs", *map(str, args)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_outpaint_helper(clip_dir, tmp_path):
+    r = run_helper("outpaint", clip_dir / "video.mp4", "--to", "128*64", "--out", tmp_path)
+    assert r.returncode == 0, r.stderr
+    video_path, mask_path = (Path(p) for p in r.stdout.split())
+    assert video_path == tmp_path / "src_video.mp4" and mask_path == tmp_path / "src_mask.mp4"
+    video, fps = read_video(video_path)
+    mask, _ = read_video(mask_path)
+    src, _ = read_video(clip_dir / "video.mp4")
+    assert video.shape == mask.shape == (30, 64, 128, 3) and fps == 24.0
+    # 80x48 centred on 128x64: left 24, top 8
+    m = mask.float()
+    assert (m[:, :8] > 200).all() and (m[:, 56:] > 200).all()
+    assert (m[:, :, :24] > 200).all() and (m[:, :, 104:] > 200).all()
+    assert (m[:, 10:54, 26:102] < 50).all()
+    inner = video[:, 8:56, 24:104].float()
+    assert (inner - src.float()).abs().mean() < 8
+    assert ((video[:, :6, :, :].float() - 128).abs() < 8).all()  # grey padding
+    # a larger clip is scaled down to fit (aspect kept), then padded
+    r = run_helper("outpaint", clip_dir / "video.mp4", "--to", "64*64", "--out", tmp_path / "s")
+    assert r.returncode == 0, r.stderr
+    mask, _ = read_video(tmp_path / "s" / "src_mask.mp4")
+    assert mask.shape == (30, 64, 64, 3)
+    assert (mask[:, :10].float() > 200).all() and (mask[:, 24:40].float() < 50).all()
+
+
+def test_inpaint_helper(clip_dir, tmp_path, capsys):
+    from wan.utils.vace_inputs import main
+
+    assert main(["inpaint", str(clip_dir / "video.mp4"), "--box", "16,8,48,40",
+                 "--out", str(tmp_path)]) == 0
+    video_path, mask_path = (Path(p) for p in capsys.readouterr().out.split())
+    assert video_path.read_bytes() == (clip_dir / "video.mp4").read_bytes()
+    mask, fps = read_video(mask_path)
+    assert mask.shape == (30, 48, 80, 3) and fps == 24.0
+    m = mask.float()
+    assert (m[:, 10:38, 18:46] > 200).all()
+    assert (m[:, :6] < 50).all() and (m[:, 42:] < 50).all() and (m[:, :, 50:] < 50).all()
+    # read back as a VACE pair: 1 inside the box, 0 outside
+    _, masks, _ = prepare_source([str(video_path)], [str(mask_path)], [None], 81, (832, 480),
+                                 "cpu")
+    assert (masks[0][:, :, 12:36, 20:44] > 0.9).all() and (masks[0][:, :, :, 52:] < 0.1).all()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["outpaint", "{video}", "--to", "832x", "--out", "{out}"], "WIDTH*HEIGHT"),
+    (["outpaint", "{video}", "--to", "81*48", "--out", "{out}"], "even"),
+    (["outpaint", "{video}", "--to", "80*48", "--out", "{out}"], "nothing to outpaint"),
+    (["outpaint", "{missing}", "--to", "832*480", "--out", "{out}"], "not found"),
+    (["inpaint", "{video}", "--box", "1,2,3", "--out", "{out}"], "x0,y0,x1,y1"),
+    (["inpaint", "{video}", "--box", "10,10,5,20", "--out", "{out}"], "x0 < x1"),
+    (["inpaint", "{video}", "--box", "0,0,90,20", "--out", "{out}"], "outside"),
+    (["inpaint", "{bad}", "--box", "0,0,8,8", "--out", "{out}"], "cannot read"),
+])
+def test_helper_errors(clip_dir, tmp_path, capsys, args, message):
+    from wan.utils.vace_inputs import main
+
+    bad = tmp_path / "bad.mp4"
+    bad.write_text("nope")
+    fill = dict(video=clip_dir / "video.mp4", missing=tmp_path / "missing.mp4", bad=bad,
+                out=tmp_path / "out")
+    assert main([a.format(**fill) for a in args]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("error: ") and message in err
+    assert len(err.strip().splitlines()) == 1
