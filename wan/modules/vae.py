@@ -872,6 +872,7 @@ def read_vae_file(path: str | os.PathLike, kind: VAEKind,
             f"{source} does not hold a {kind.name} VAE (no 5-D 'encoder.conv1.weight' / "
             f"'conv2.weight'); pass the VAE file, e.g. {kind.file_name}.")
     found = (first.shape[1], last.shape[0])
+    from . import vae2_2  # noqa: F401  (registers the Wan2.2 kind, to name such a file)
     other = KNOWN_KINDS.get(found)
     if other is not None and other is not kind:
         raise CheckpointError(
