@@ -93,58 +93,61 @@ def unpatchify(x: torch.Tensor, p: int = PATCH_SIZE) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------- shortcuts
-class AvgDown(nn.Module):
+class _Fold(nn.Module):
+    """Shared by the two shortcuts: ``factor_t x factor_s x factor_s`` space-time
+    neighbourhoods folded into channels, ``ratio`` folded channels per narrow channel."""
+
+    def __init__(self, wide: int, narrow: int, out_dim: int, factor_t: int,
+                 factor_s: int) -> None:
+        super().__init__()
+        folded = wide * factor_t * factor_s * factor_s
+        if folded % narrow:
+            raise ValueError(f"{type(self).__name__}: {wide} x {factor_t * factor_s ** 2} "
+                             f"folded channels do not group evenly by {narrow}")
+        self.out_dim, self.factor_t, self.factor_s = out_dim, factor_t, factor_s
+        self.ratio = folded // narrow
+
+
+class AvgDown(_Fold):
     """The parameter-free shortcut of an encoder level (official ``AvgDown3D``).
 
-    Each ``factor_t x factor_s x factor_s`` space-time neighbourhood is folded into
-    the channels (channel-major), and consecutive groups of the folded channels
-    are averaged down to ``out_dim``. A chunk with a frame count that is not a
-    multiple of ``factor_t`` gets zero frames in front: the first frame of a video
-    (encoded alone) is averaged with a zero frame, as in the official code.
+    Each space-time neighbourhood is folded into the channels (channel-major), and
+    groups of ``ratio`` consecutive folded channels are averaged down to ``out_dim``.
+    A chunk with a frame count that is not a multiple of ``factor_t`` gets zero
+    frames in front: the first frame of a video (encoded alone) is averaged with a
+    zero frame, as in the official code.
     """
 
     def __init__(self, in_dim: int, out_dim: int, factor_t: int, factor_s: int) -> None:
-        super().__init__()
-        folded = in_dim * factor_t * factor_s * factor_s
-        if folded % out_dim:
-            raise ValueError(f"AvgDown: {in_dim} x {factor_t * factor_s ** 2} channels do not "
-                             f"group evenly into {out_dim}")
-        self.out_dim, self.factor_t, self.factor_s = out_dim, factor_t, factor_s
-        self.group = folded // out_dim
+        super().__init__(in_dim, out_dim, out_dim, factor_t, factor_s)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ft, fs = self.factor_t, self.factor_s
-        if ft == fs == 1 and self.group == 1:
+        if ft == fs == self.ratio == 1:
             return x
         if x.shape[2] % ft:
             x = F.pad(x, (0, 0, 0, 0, ft - x.shape[2] % ft, 0))
         b, c, t, h, w = x.shape
         x = x.reshape(b, c, t // ft, ft, h // fs, fs, w // fs, fs)
         x = x.permute(0, 1, 3, 5, 7, 2, 4, 6)                # b c ft fs fs T H W
-        return x.reshape(b, self.out_dim, self.group, t // ft, h // fs, w // fs).mean(dim=2)
+        return x.reshape(b, self.out_dim, self.ratio, t // ft, h // fs, w // fs).mean(dim=2)
 
 
-class DupUp(nn.Module, Streaming):
+class DupUp(_Fold, Streaming):
     """The parameter-free shortcut of a decoder level (official ``DupUp3D``): the inverse
-    fold of :class:`AvgDown`, repeating each input channel into ``repeats`` folded channels.
+    fold of :class:`AvgDown`, each input channel repeated into ``ratio`` folded channels.
 
     The first chunk of a video keeps only the last of the ``factor_t`` frames its
     first frame unfolds into, as the main path turns that frame into one.
     """
 
     def __init__(self, in_dim: int, out_dim: int, factor_t: int, factor_s: int) -> None:
-        super().__init__()
-        folded = out_dim * factor_t * factor_s * factor_s
-        if folded % in_dim:
-            raise ValueError(f"DupUp: {in_dim} channels do not repeat evenly into "
-                             f"{out_dim} x {factor_t * factor_s ** 2}")
-        self.out_dim, self.factor_t, self.factor_s = out_dim, factor_t, factor_s
-        self.repeats = folded // in_dim
+        super().__init__(out_dim, in_dim, out_dim, factor_t, factor_s)
 
     def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
         ft, fs = self.factor_t, self.factor_s
         b, _, t, h, w = x.shape
-        y = x.repeat_interleave(self.repeats, dim=1)
+        y = x.repeat_interleave(self.ratio, dim=1)
         y = y.reshape(b, self.out_dim, ft, fs, fs, t, h, w).permute(0, 1, 5, 2, 6, 3, 7, 4)
         y = y.reshape(b, self.out_dim, t * ft, h * fs, w * fs)
         if self not in cache.started:
