@@ -22,6 +22,24 @@ tiling, and the :class:`~wan.modules.vae.WanVAE` list wrapper with its checks.
 
 Parameter names follow the official ``Wan2.2_VAE.pth`` (Wan-Video/Wan2.2,
 ``wan/modules/vae2_2.py``), so that file loads as it is.
+
+Differences from diffusers' ``AutoencoderKLWan`` (``is_residual=True``, ``patch_size=2``),
+with which the default schedule agrees to fp32 rounding (tests/test_vae22.py):
+
+* chunk lengths are options (``chunk_frames``, a multiple of 4, and
+  ``chunk_latents``); diffusers and the official code fix them at 4 and 1. The
+  first-chunk rules (the first latent frame becomes one frame; ``DupUp`` keeps the
+  last of its first frame's copies) are kept per module in the cache, so any
+  chunking gives the same result;
+* spatial tiling runs the decoder's latent-resolution stage (``conv1`` and the
+  middle blocks with their attention) on whole frames and only the upsampling
+  levels on tiles, blended in pixel space (diffusers tiles the whole decoder, with
+  its own tile sizes and blend); untiled passes are the same computation;
+* no ``clip_output`` option: ``Wan2_2_VAE.decode`` always clamps to [-1, 1] as the
+  official one (diffusers 0.42.1 has no such config key either and also clamps);
+* the encoder width ``c_dim`` and the decoder width are read from the file (the
+  official hard-codes the decoder's 256), so miniature files load through the
+  same code.
 """
 
 from __future__ import annotations
