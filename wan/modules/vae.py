@@ -37,7 +37,8 @@ from .attention import attention
 __all__ = ["WanVAE", "VideoVAE", "CausalCache", "TilingConfig", "LATENT_MEAN", "LATENT_STD",
            "TEMPORAL_STRIDE", "SPATIAL_STRIDE", "init_random_weights", "load_video_vae",
            "tiled_decode", "tiled_encode", "estimate_decode_bytes", "estimate_encode_bytes",
-           "free_memory_bytes", "choose_tile"]
+           "free_memory_bytes", "choose_tile", "CausalVAE", "Encoder3d", "Decoder3d", "VAEKind",
+           "WAN21", "KNOWN_KINDS", "read_vae_file", "load_into_network"]
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +51,6 @@ LATENT_STD = (2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
 
 TEMPORAL_STRIDE = 4
 SPATIAL_STRIDE = 8
-
-VAE_WHAT = "Wan2.1 VAE checkpoint"
-
 
 # --------------------------------------------------------------------- streaming state
 @dataclass
@@ -319,16 +317,18 @@ def upsample_conv2d(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
 
 
 class Upsample(nn.Module, Streaming):
-    """Double height and width and halve the channels; with ``temporal`` also double the frames.
+    """Double height and width and halve the channels (or give ``out_dim``); with ``temporal``
+    also double the frames.
 
     In time the first frame of the video passes through unchanged; each later
     frame becomes two, read from the two channel halves of a causal temporal
     convolution that starts at the second frame (the first one is not in its past).
     """
 
-    def __init__(self, dim: int, temporal: bool) -> None:
+    def __init__(self, dim: int, temporal: bool, out_dim: int | None = None) -> None:
         super().__init__()
-        self.resample = nn.Sequential(Upsample2x(), nn.Conv2d(dim, dim // 2, 3, padding=1))
+        out_dim = dim // 2 if out_dim is None else out_dim  # Wan2.1 halves, Wan2.2 keeps the width
+        self.resample = nn.Sequential(Upsample2x(), nn.Conv2d(dim, out_dim, 3, padding=1))
         self.time_conv = CausalConv3d(dim, dim * 2, (3, 1, 1)) if temporal else None
 
     def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
@@ -371,8 +371,19 @@ def run_head(head: nn.Sequential, x: torch.Tensor, cache: CausalCache) -> torch.
 
 
 # --------------------------------------------------------------------- encoder / decoder
+def _holds(block: nn.Module, kind: type) -> bool:
+    return any(isinstance(m, kind) for m in block.modules())
+
+
 class Encoder3d(nn.Module):
-    """Video ``[B, 3, T, H, W]`` -> ``[B, out_dim, 1 + (T-1)/4, H/8, W/8]``."""
+    """Video ``[B, 3, T, H, W]`` -> ``[B, out_dim, 1 + (T-1)/4, H/8, W/8]``.
+
+    Subclasses (the Wan2.2 encoder) build other ``downsamples`` and may turn pixels
+    into patches first (:meth:`to_patches`); the two stages below serve both.
+    """
+
+    #: pixels per side folded into the channels before the first convolution
+    patch_size = 1
 
     def __init__(self, dim: int, out_dim: int, dim_mult: Sequence[int], num_res_blocks: int,
                  temporal_downsample: Sequence[bool]) -> None:
@@ -389,6 +400,9 @@ class Encoder3d(nn.Module):
         self.middle = middle_blocks(widths[-1])
         self.head = output_head(widths[-1], out_dim)
 
+    def to_patches(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
     def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
         return self.latent_stage(self.pixel_stage(x, cache), cache)
 
@@ -397,7 +411,7 @@ class Encoder3d(nn.Module):
 
         Each output pixel sees a bounded neighbourhood, so this stage can run on tiles.
         """
-        x = self.conv1(channels_last(x), cache)
+        x = self.conv1(channels_last(self.to_patches(x)), cache)
         return run_layers(self.downsamples[:self._split], x, cache)
 
     def latent_stage(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
@@ -406,13 +420,21 @@ class Encoder3d(nn.Module):
         x = run_layers(self.middle, x, cache)
         return run_head(self.head, x, cache)
 
+    def stream_units(self) -> list[nn.Module]:
+        """The layers in the order they run, residual blocks and resamplers one by one."""
+        return [self.conv1, *_flat_blocks(self.downsamples), *self.middle, self.head]
+
     @property
     def _split(self) -> int:
-        return 1 + max(i for i, m in enumerate(self.downsamples) if isinstance(m, Downsample))
+        return 1 + max(i for i, m in enumerate(self.downsamples) if _holds(m, Downsample))
 
 
 class Decoder3d(nn.Module):
-    """Latents ``[B, z_dim, t, h, w]`` -> video ``[B, 3, 1 + 4(t-1), 8h, 8w]`` (unclamped)."""
+    """Latents ``[B, z_dim, t, h, w]`` -> video ``[B, 3, 1 + 4(t-1), 8h, 8w]`` (unclamped).
+
+    Subclasses (the Wan2.2 decoder) build other ``upsamples`` and may turn patches back
+    into pixels last (:meth:`from_patches`).
+    """
 
     def __init__(self, dim: int, z_dim: int, dim_mult: Sequence[int], num_res_blocks: int,
                  temporal_upsample: Sequence[bool]) -> None:
@@ -431,6 +453,9 @@ class Decoder3d(nn.Module):
         self.upsamples = nn.Sequential(*blocks)
         self.head = output_head(widths[-1], 3)
 
+    def from_patches(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
     def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
         return self.pixel_stage(self.latent_stage(x, cache), cache)
 
@@ -446,11 +471,26 @@ class Decoder3d(nn.Module):
         of the input features, so this stage (where nearly all memory and time go) can run
         on tiles."""
         x = run_layers(self.upsamples[self._split:], x, cache)
-        return run_head(self.head, x, cache)
+        return self.from_patches(run_head(self.head, x, cache))
+
+    def stream_units(self) -> list[nn.Module]:
+        """The layers in the order they run, residual blocks and resamplers one by one."""
+        return [self.conv1, *self.middle, *_flat_blocks(self.upsamples), self.head]
 
     @property
     def _split(self) -> int:
-        return min(i for i, m in enumerate(self.upsamples) if isinstance(m, Upsample))
+        return min(i for i, m in enumerate(self.upsamples) if _holds(m, Upsample))
+
+
+def _flat_blocks(blocks: nn.Sequential) -> Iterator[nn.Module]:
+    """``blocks`` with every container of residual blocks and resamplers (a Wan2.2 level)
+    replaced by its main-path layers."""
+    for block in blocks:
+        inner = getattr(block, "main_path", None)
+        if inner is None:
+            yield block
+        else:
+            yield from _flat_blocks(inner)
 
 
 def _chunks(length: int, size: int, start: int = 0) -> Iterator[slice]:
@@ -465,23 +505,17 @@ def _check_chunk(name: str, value: int, multiple: int = 1) -> None:
         raise ValueError(f"{name} must be {need}, got {value!r}.")
 
 
-class VideoVAE(nn.Module):
-    """The autoencoder network (official name ``WanVAE_``); works on raw, unnormalised latents.
+class CausalVAE(nn.Module):
+    """What the Wan2.1 and Wan2.2 networks share: an ``encoder`` and a ``decoder`` run chunk
+    by chunk over one :class:`CausalCache`, with the 1x1x1 ``conv1`` (posterior) and
+    ``conv2`` (latents in) between them. Works on raw, unnormalised latents."""
 
-    The real model has ``dim=96``; ``attn_scales`` is not supported (empty in Wan2.1).
-    """
-
-    def __init__(self, dim: int = 96, z_dim: int = 16, dim_mult: Sequence[int] = (1, 2, 4, 4),
-                 num_res_blocks: int = 2,
-                 temporal_downsample: Sequence[bool] = (False, True, True)) -> None:
-        super().__init__()
-        self.dim = dim
-        self.z_dim = z_dim
-        self.encoder = Encoder3d(dim, 2 * z_dim, dim_mult, num_res_blocks, temporal_downsample)
-        self.conv1 = CausalConv3d(2 * z_dim, 2 * z_dim, 1)
-        self.conv2 = CausalConv3d(z_dim, z_dim, 1)
-        self.decoder = Decoder3d(dim, z_dim, dim_mult, num_res_blocks,
-                                 tuple(reversed(temporal_downsample)))
+    #: pixels per latent along height and width
+    spatial_stride = SPATIAL_STRIDE
+    encoder: Encoder3d
+    decoder: Decoder3d
+    conv1: CausalConv3d
+    conv2: CausalConv3d
 
     def encode(self, x: torch.Tensor, chunk_frames: int = TEMPORAL_STRIDE) -> torch.Tensor:
         """Posterior mean ``[B, z_dim, t, h, w]`` of a video ``[B, 3, T, H, W]``.
@@ -503,6 +537,25 @@ class VideoVAE(nn.Module):
         cache = CausalCache()
         return torch.cat([self.decoder(x[:, :, s], cache)
                           for s in _chunks(x.shape[2], chunk_latents)], dim=2).contiguous()
+
+
+class VideoVAE(CausalVAE):
+    """The Wan2.1 autoencoder network (official name ``WanVAE_``).
+
+    The real model has ``dim=96``; ``attn_scales`` is not supported (empty in Wan2.1).
+    """
+
+    def __init__(self, dim: int = 96, z_dim: int = 16, dim_mult: Sequence[int] = (1, 2, 4, 4),
+                 num_res_blocks: int = 2,
+                 temporal_downsample: Sequence[bool] = (False, True, True)) -> None:
+        super().__init__()
+        self.dim = dim
+        self.z_dim = z_dim
+        self.encoder = Encoder3d(dim, 2 * z_dim, dim_mult, num_res_blocks, temporal_downsample)
+        self.conv1 = CausalConv3d(2 * z_dim, 2 * z_dim, 1)
+        self.conv2 = CausalConv3d(z_dim, z_dim, 1)
+        self.decoder = Decoder3d(dim, z_dim, dim_mult, num_res_blocks,
+                                 tuple(reversed(temporal_downsample)))
 
 
 # --------------------------------------------------------------------- spatial tiling
@@ -604,9 +657,9 @@ def _blend_tiles(process: Callable[[torch.Tensor], torch.Tensor], x: torch.Tenso
     return out.div_(norm.to(out.dtype))
 
 
-def tiled_decode(model: VideoVAE, z: torch.Tensor, tile: int = 32, overlap: int = 8,
+def tiled_decode(model: CausalVAE, z: torch.Tensor, tile: int = 32, overlap: int = 8,
                  chunk_latents: int = 1) -> torch.Tensor:
-    """:meth:`VideoVAE.decode` in bounded memory: overlapping spatial tiles, blended in pixel space.
+    """:meth:`CausalVAE.decode` in bounded memory: overlapping spatial tiles, blended in pixel space.
 
     The decoder's latent-resolution stage (up to its first upsampler, with the
     per-frame attention) runs on whole frames, which keeps the attention exact
@@ -627,13 +680,14 @@ def tiled_decode(model: VideoVAE, z: torch.Tensor, tile: int = 32, overlap: int 
         return torch.cat([decoder.pixel_stage(f[:, :, s], tile_cache)
                           for s in _chunks(f.shape[2], chunk_latents)], dim=2).contiguous()
 
-    return _blend_tiles(decode_tile, features, tile, overlap, in_scale=1, out_scale=SPATIAL_STRIDE)
+    return _blend_tiles(decode_tile, features, tile, overlap, in_scale=1,
+                        out_scale=model.spatial_stride)
 
 
-def tiled_encode(model: VideoVAE, x: torch.Tensor, tile: int = 32, overlap: int = 8,
+def tiled_encode(model: CausalVAE, x: torch.Tensor, tile: int = 32, overlap: int = 8,
                  chunk_frames: int = TEMPORAL_STRIDE) -> torch.Tensor:
-    """:meth:`VideoVAE.encode` in bounded memory: the encoder's pixel stage on overlapping tiles
-    of ``tile * 8`` pixels, blended at latent resolution, then its latent stage on whole frames."""
+    """:meth:`CausalVAE.encode` in bounded memory: the encoder's pixel stage on overlapping tiles
+    of ``tile * spatial_stride`` pixels, blended at latent resolution, then its latent stage on whole frames."""
     encoder = model.encoder
     _check_chunk("chunk_frames", chunk_frames, TEMPORAL_STRIDE)
 
@@ -644,7 +698,8 @@ def tiled_encode(model: VideoVAE, x: torch.Tensor, tile: int = 32, overlap: int 
                   for s in _chunks(v.shape[2], chunk_frames, 1)]
         return torch.cat(parts, dim=2)
 
-    features = _blend_tiles(encode_tile, x, tile, overlap, in_scale=SPATIAL_STRIDE, out_scale=1)
+    features = _blend_tiles(encode_tile, x, tile, overlap, in_scale=model.spatial_stride,
+                            out_scale=1)
     cache = CausalCache()
     latents = torch.cat([encoder.latent_stage(features[:, :, s], cache)
                          for s in _chunks(features.shape[2], 1)], dim=2)
@@ -667,7 +722,7 @@ def _working_set(block: nn.Module, frames: int) -> int:
     return (3 * frames + 2) * max(block.residual[2].in_channels, block.residual[2].out_channels)
 
 
-def estimate_decode_bytes(model: VideoVAE, height: int, width: int, chunk_latents: int = 1,
+def estimate_decode_bytes(model: CausalVAE, height: int, width: int, chunk_latents: int = 1,
                           element_size: int = 4) -> int:
     """Estimated peak activation memory of an untiled decode of ``height`` x ``width`` latents.
 
@@ -681,9 +736,8 @@ def estimate_decode_bytes(model: VideoVAE, height: int, width: int, chunk_latent
     dec = model.decoder
     area = height * width
     frames = chunk_latents
-    total = _causal_tails(dec.conv1) * area
-    work = 0
-    for block in (*dec.middle, *dec.upsamples, dec.head):
+    total = work = 0
+    for block in dec.stream_units():
         total += _causal_tails(block) * area
         work = max(work, _working_set(block, frames) * area)
         if isinstance(block, Upsample):
@@ -693,16 +747,17 @@ def estimate_decode_bytes(model: VideoVAE, height: int, width: int, chunk_latent
     return (total + work) * element_size
 
 
-def estimate_encode_bytes(model: VideoVAE, height: int, width: int,
+def estimate_encode_bytes(model: CausalVAE, height: int, width: int,
                           chunk_frames: int = TEMPORAL_STRIDE, element_size: int = 4) -> int:
     """Estimated peak activation memory of an untiled encode to ``height`` x ``width`` latents
-    (``8 height`` x ``8 width`` pixels), counted as :func:`estimate_decode_bytes` does."""
+    (``spatial_stride * height`` x ``spatial_stride * width`` pixels), counted as
+    :func:`estimate_decode_bytes` does."""
     enc = model.encoder
-    area = height * width * SPATIAL_STRIDE ** 2
+    area = height * width * (model.spatial_stride // enc.patch_size) ** 2
     frames = chunk_frames
-    total = _causal_tails(enc.conv1) * area
-    work = (2 * frames + 2) * (3 + enc.conv1.out_channels) * area
-    for block in (*enc.downsamples, *enc.middle, enc.head):
+    total = 0
+    work = (2 * frames + 2) * (enc.conv1.in_channels + enc.conv1.out_channels) * area
+    for block in enc.stream_units():
         total += _causal_tails(block) * area
         work = max(work, _working_set(block, frames) * area)
         if isinstance(block, Downsample):
@@ -773,31 +828,85 @@ def init_random_weights(model: nn.Module, seed: int, bias_std: float = 0.02) -> 
                 p.copy_(noise / math.sqrt(p[0].numel()))
 
 
-def _sizes_from_state_dict(sd: dict[str, torch.Tensor], source: str) -> tuple[int, int]:
-    """Base width and latent channels of the VAE stored in ``sd``."""
+@dataclass(frozen=True)
+class VAEKind:
+    """What tells the VAE generations apart: their files, input and latent channels, strides
+    and latent statistics."""
+    name: str                     # "Wan2.1"
+    file_name: str                # "Wan2.1_VAE.pth"
+    in_channels: int              # input channels of encoder.conv1 (3, or 12 for 2x2 patches)
+    latent_mean: tuple[float, ...]
+    latent_std: tuple[float, ...]
+    spatial_stride: int
+
+    @property
+    def z_dim(self) -> int:
+        return len(self.latent_mean)
+
+    @property
+    def what(self) -> str:
+        return f"{self.name} VAE checkpoint"
+
+    def describe(self) -> str:
+        return f"{self.name} VAE ({self.z_dim} latent channels, {self.in_channels} input channels)"
+
+
+WAN21 = VAEKind("Wan2.1", "Wan2.1_VAE.pth", 3, LATENT_MEAN, LATENT_STD, SPATIAL_STRIDE)
+#: The kinds a file can be recognised as, by (input channels, latent channels); the Wan2.2
+#: entry is registered by :mod:`wan.modules.vae2_2`.
+KNOWN_KINDS: dict[tuple[int, int], VAEKind] = {(WAN21.in_channels, WAN21.z_dim): WAN21}
+
+
+def read_vae_file(path: str | os.PathLike, kind: VAEKind,
+                  z_dim: int | None = None) -> tuple[dict[str, torch.Tensor], str]:
+    """The fp32 state dict of the ``kind`` VAE file ``path`` (and its name for messages).
+
+    A file that is no VAE, or a VAE of another kind (or with other than ``z_dim``
+    latent channels), gives one :class:`CheckpointError` saying what it holds.
+    """
+    source = f"'{path}'"
+    sd = load_pth(path, kind.what)
     first, last = sd.get("encoder.conv1.weight"), sd.get("conv2.weight")
     if first is None or last is None or first.dim() != 5 or last.dim() != 5:
         raise CheckpointError(
-            f"{source} does not hold a Wan2.1 VAE (no 5-D 'encoder.conv1.weight' / "
-            f"'conv2.weight'); pass the VAE file, e.g. Wan2.1_VAE.pth.")
-    return first.shape[0], last.shape[0]
+            f"{source} does not hold a {kind.name} VAE (no 5-D 'encoder.conv1.weight' / "
+            f"'conv2.weight'); pass the VAE file, e.g. {kind.file_name}.")
+    found = (first.shape[1], last.shape[0])
+    from . import vae2_2  # noqa: F401  (registers the Wan2.2 kind, to name such a file)
+    other = KNOWN_KINDS.get(found)
+    if other is not None and other is not kind:
+        raise CheckpointError(
+            f"{source} holds a {other.describe()}, not a {kind.describe()}: pass "
+            f"{kind.file_name} (this file is {other.file_name}, for {other.name} models).")
+    if found[0] != kind.in_channels:
+        raise CheckpointError(
+            f"{source} holds a VAE with {found[0]} input and {found[1]} latent channels, "
+            f"not a {kind.describe()}; pass {kind.file_name}.")
+    want = kind.z_dim if z_dim is None else z_dim
+    if found[1] != want:
+        raise CheckpointError(f"{source} holds a VAE with {found[1]} latent channels, "
+                              f"but z_dim={want} was asked for.")
+    sd = cast_state_dict(sd, torch.float32, "VAE", source, note="the VAE computes in fp32")
+    return sd, source
+
+
+def load_into_network(build: Callable[[], CausalVAE], sd: dict[str, torch.Tensor], source: str,
+                      kind: VAEKind, device: torch.device | str) -> CausalVAE:
+    """``build()`` on the meta device, given the tensors of ``sd``; in eval mode, frozen."""
+    with torch.device("meta"):
+        model = build()
+    load_into_meta_module(model, sd, source, f"{kind.name} VAE", device)
+    return model.eval().requires_grad_(False)
 
 
 def load_video_vae(path: str | os.PathLike, z_dim: int = 16,
                    device: torch.device | str = "cpu") -> VideoVAE:
-    """Build the network on the meta device and give it the (fp32) weights of ``path``."""
-    source = f"'{path}'"
-    sd = load_pth(path, VAE_WHAT)
-    dim, file_z_dim = _sizes_from_state_dict(sd, source)
-    if file_z_dim != z_dim:
-        raise CheckpointError(f"{source} holds a VAE with {file_z_dim} latent channels, "
-                              f"but z_dim={z_dim} was asked for.")
-    sd = cast_state_dict(sd, torch.float32, "VAE", source, note="the VAE computes in fp32")
-    with torch.device("meta"):
-        model = VideoVAE(dim=dim, z_dim=z_dim)
-    load_into_meta_module(model, sd, source, "Wan2.1 VAE", device)
+    """Build the Wan2.1 network on the meta device and give it the (fp32) weights of ``path``."""
+    sd, source = read_vae_file(path, WAN21, z_dim)
+    dim = sd["encoder.conv1.weight"].shape[0]
+    model = load_into_network(partial(VideoVAE, dim=dim, z_dim=z_dim), sd, source, WAN21, device)
     log.info("Loaded the VAE (base width %d) from %s", dim, path)
-    return model.eval().requires_grad_(False)
+    return model
 
 
 # --------------------------------------------------------------------- public wrapper
@@ -809,23 +918,35 @@ class WanVAE:
     lengths (official: 4 and 1); any valid value gives the same result.
     ``tiling`` (``"auto"``, ``"on"``, ``"off"`` or a :class:`TilingConfig`)
     sets spatial tiling; ``"auto"`` tiles only passes that would not fit in memory.
+
+    Subclasses for other VAE generations (:class:`wan.modules.vae2_2.Wan2_2_VAE`) set
+    ``kind`` and load their network; the list handling, checks, normalisation, chunking
+    and tiling here serve them all.
     """
+
+    kind: VAEKind = WAN21
 
     def __init__(self, z_dim: int = 16, vae_pth: str | os.PathLike = "cache/vae_step_411000.pth",
                  dtype: torch.dtype = torch.float, device: torch.device | str = "cuda",
                  tiling: TilingConfig | str = "auto") -> None:
-        if z_dim != len(LATENT_MEAN):
-            raise ValueError(f"z_dim must be {len(LATENT_MEAN)} (the latent statistics of Wan2.1 "
-                             f"are defined for {len(LATENT_MEAN)} channels), got {z_dim}.")
+        self._setup(z_dim, dtype, device, tiling)
+        self.model = load_video_vae(vae_pth, z_dim, self.device)
+
+    def _setup(self, z_dim: int, dtype: torch.dtype, device: torch.device | str,
+               tiling: TilingConfig | str) -> None:
+        """Everything but the network: the z_dim check, statistics, chunks and tiling."""
+        kind = self.kind
+        if z_dim != kind.z_dim:
+            raise ValueError(f"z_dim must be {kind.z_dim} (the latent statistics of {kind.name} "
+                             f"are defined for {kind.z_dim} channels), got {z_dim}.")
         self.dtype = dtype
         self.device = torch.device(device)
-        self.mean = torch.tensor(LATENT_MEAN, dtype=dtype, device=self.device)
-        self.std = torch.tensor(LATENT_STD, dtype=dtype, device=self.device)
+        self.mean = torch.tensor(kind.latent_mean, dtype=dtype, device=self.device)
+        self.std = torch.tensor(kind.latent_std, dtype=dtype, device=self.device)
         self.scale = [self.mean, 1.0 / self.std]
         self.encode_chunk_frames = TEMPORAL_STRIDE
         self.decode_chunk_latents = 1
         self.tiling = tiling
-        self.model = load_video_vae(vae_pth, z_dim, self.device)
 
     @property
     def z_dim(self) -> int:
@@ -850,14 +971,16 @@ class WanVAE:
 
     def encode(self, videos: Sequence[torch.Tensor],
                chunk_frames: int | None = None) -> list[torch.Tensor]:
-        """Videos ``[3, T, H, W]`` in [-1, 1] (T = 4n+1, H and W multiples of 8) -> latents ``[16, t, h, w]``."""
+        """Videos ``[3, T, H, W]`` in [-1, 1] (T = 4n+1, H and W multiples of the spatial stride,
+        8 for Wan2.1) -> latents ``[z_dim, 1 + (T-1)/4, H/stride, W/stride]``."""
         chunk_frames = self.encode_chunk_frames if chunk_frames is None else chunk_frames
+        stride = self.kind.spatial_stride
         out = []
-        for i, video in enumerate(_as_list(videos, "videos")):
-            _check_video(video, i)
+        for i, video in enumerate(self._as_list(videos, "videos")):
+            _check_video(video, f"{type(self).__name__}.encode: video {i}", stride)
             with torch.no_grad(), self._autocast():
                 x = self._prepare(video)
-                tile = self._tile(x.shape[-2] // SPATIAL_STRIDE, x.shape[-1] // SPATIAL_STRIDE,
+                tile = self._tile(x.shape[-2] // stride, x.shape[-1] // stride,
                                   partial(estimate_encode_bytes, self.model,
                                           chunk_frames=chunk_frames))
                 mean = (self.model.encode(x, chunk_frames) if tile is None else
@@ -867,11 +990,12 @@ class WanVAE:
 
     def decode(self, zs: Sequence[torch.Tensor],
                chunk_latents: int | None = None) -> list[torch.Tensor]:
-        """Normalised latents ``[16, t, h, w]`` -> videos ``[3, 1 + 4(t-1), 8h, 8w]`` clamped to [-1, 1]."""
+        """Normalised latents ``[z_dim, t, h, w]`` -> videos ``[3, 1 + 4(t-1), stride h, stride w]``
+        clamped to [-1, 1]."""
         chunk_latents = self.decode_chunk_latents if chunk_latents is None else chunk_latents
         out = []
-        for i, z in enumerate(_as_list(zs, "zs")):
-            _check_latent(z, i, self.z_dim)
+        for i, z in enumerate(self._as_list(zs, "zs")):
+            _check_latent(z, f"{type(self).__name__}.decode: latent {i}", self.z_dim)
             with torch.no_grad(), self._autocast():
                 z = self._denormalise(self._prepare(z))
                 tile = self._tile(z.shape[-2], z.shape[-1],
@@ -881,6 +1005,12 @@ class WanVAE:
                          tiled_decode(self.model, z, tile, self.tiling.overlap, chunk_latents))
                 out.append(video.float().clamp_(-1, 1).squeeze(0))
         return out
+
+    def _as_list(self, items: Sequence[torch.Tensor], name: str) -> list[torch.Tensor]:
+        if isinstance(items, torch.Tensor):
+            raise ValueError(f"{type(self).__name__} expects a list of tensors for '{name}', got "
+                             f"one tensor of shape {tuple(items.shape)}; wrap it in a list.")
+        return list(items)
 
     def _tile(self, height: int, width: int, estimate: Callable[..., int]) -> int | None:
         """The tile size (latents) for a pass over ``height`` x ``width`` latents, or None."""
@@ -907,16 +1037,8 @@ def _channels(v: torch.Tensor) -> torch.Tensor:
     return v.view(1, -1, 1, 1, 1)
 
 
-def _as_list(items: Sequence[torch.Tensor], name: str) -> list[torch.Tensor]:
-    if isinstance(items, torch.Tensor):
-        raise ValueError(f"WanVAE expects a list of tensors for '{name}', got one tensor of shape "
-                         f"{tuple(items.shape)}; wrap it in a list.")
-    return list(items)
-
-
-def _check_video(video: torch.Tensor, i: int) -> None:
+def _check_video(video: torch.Tensor, where: str, stride: int = SPATIAL_STRIDE) -> None:
     """One clear error for a video the VAE cannot encode."""
-    where = f"WanVAE.encode: video {i}"
     if not isinstance(video, torch.Tensor) or video.dim() != 4:
         shape = tuple(video.shape) if isinstance(video, torch.Tensor) else type(video).__name__
         raise ValueError(f"{where} must be a [3, T, H, W] tensor, got {shape}.")
@@ -926,14 +1048,13 @@ def _check_video(video: torch.Tensor, i: int) -> None:
     if (t - 1) % TEMPORAL_STRIDE:
         raise ValueError(f"{where} has {t} frames; the VAE needs 4n+1 frames (1, 5, 9, ..., 81): "
                          f"trim or pad the clip.")
-    if h % SPATIAL_STRIDE or w % SPATIAL_STRIDE:
+    if h % stride or w % stride:
         raise ValueError(f"{where} is {h}x{w} pixels; height and width must be multiples of "
-                         f"{SPATIAL_STRIDE}: resize or crop it.")
+                         f"{stride}: resize or crop it.")
 
 
-def _check_latent(z: torch.Tensor, i: int, z_dim: int) -> None:
+def _check_latent(z: torch.Tensor, where: str, z_dim: int) -> None:
     """One clear error for latents the VAE cannot decode."""
-    where = f"WanVAE.decode: latent {i}"
     if not isinstance(z, torch.Tensor) or z.dim() != 4:
         shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
         raise ValueError(f"{where} must be a [{z_dim}, t, h, w] tensor, got {shape}.")

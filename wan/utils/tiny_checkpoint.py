@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["TinySizes", "write_dit", "write_vae", "write_t5", "write_umt5_tokenizer",
+__all__ = ["TinySizes", "write_dit", "write_vae", "write_vae22", "write_t5", "write_umt5_tokenizer",
            "write_clip", "write_xlm_roberta_tokenizer", "make_checkpoint"]
 
 log = logging.getLogger(__name__)
@@ -163,6 +163,28 @@ def write_vae(path: str | Path, sizes: TinySizes = TinySizes(), seed: int = 1) -
     path.parent.mkdir(parents=True, exist_ok=True)
     with torch.device("meta"):  # skip the default init; every tensor is filled below
         model = VideoVAE(dim=sizes.vae_dim, z_dim=16)
+    model = model.to_empty(device="cpu")
+    init_random_weights(model, seed)
+    torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, path)
+    return path
+
+
+#: Widths of a miniature Wan2.2 VAE: encoder and decoder base widths in the released
+#: ratio (160 : 256 = 10 : 16); dim_mult stays (1, 2, 4, 4).
+VAE22_TINY_DIM, VAE22_TINY_DEC_DIM = 10, 16
+
+
+def write_vae22(path: str | Path, dim: int = VAE22_TINY_DIM, dec_dim: int = VAE22_TINY_DEC_DIM,
+                seed: int = 1) -> Path:
+    """Write ``Wan2.2_VAE.pth`` (fp32 state dict, official key names) with base widths
+    ``dim`` (encoder; released: 160) and ``dec_dim`` (decoder; released: 256)."""
+    from ..modules.vae import init_random_weights
+    from ..modules.vae2_2 import VideoVAE22
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with torch.device("meta"):  # skip the default init; every tensor is filled below
+        model = VideoVAE22(dim=dim, dec_dim=dec_dim)
     model = model.to_empty(device="cpu")
     init_random_weights(model, seed)
     torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, path)
