@@ -86,3 +86,10 @@ def i2v_a14b_ckpt(tmp_path_factory):
     """A miniature Wan2.2 I2V-A14B folder (two experts, no CLIP)."""
     from wan.utils.tiny_checkpoint import make_checkpoint
     return make_checkpoint(tmp_path_factory.mktemp("tiny_i2v_a14b"), "i2v-A14B", seed=32)
+
+
+@pytest.fixture(scope="session")
+def ti2v_ckpt(tmp_path_factory):
+    """A miniature Wan2.2 TI2V-5B folder (48-channel DiT, the Wan2.2 VAE)."""
+    from wan.utils.tiny_checkpoint import make_checkpoint
+    return make_checkpoint(tmp_path_factory.mktemp("tiny_ti2v"), "ti2v-5B", seed=33)

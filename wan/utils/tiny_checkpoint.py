@@ -388,10 +388,15 @@ def make_checkpoint(out: str | Path, task: str = "t2v-1.3B", sizes: TinySizes | 
             write_dit(out / sub, model_type, sizes, shards=shards, seed=seed + 10 * i,
                       image_tokens=is_i2v)
     else:
-        write_dit(out, model_type, sizes, shards=shards, seed=seed, image_tokens=is_i2v or None)
+        ti2v = cfg.vae_checkpoint == "Wan2.2_VAE.pth"  # TI2V-5B: a DiT over 48 channels
+        write_dit(out, "ti2v" if ti2v else model_type, sizes, shards=shards, seed=seed,
+                  image_tokens=is_i2v or None, latent_dim=48 if ti2v else 16)
     write_t5(out / cfg.t5_checkpoint, sizes, seed=seed + 1)
     write_umt5_tokenizer(out / cfg.t5_tokenizer, sizes)
-    write_vae(out / cfg.vae_checkpoint, sizes, seed=seed + 2)
+    if cfg.vae_checkpoint == "Wan2.2_VAE.pth":
+        write_vae22(out / cfg.vae_checkpoint, seed=seed + 2)
+    else:
+        write_vae(out / cfg.vae_checkpoint, sizes, seed=seed + 2)
     if is_i2v:
         write_clip(out / cfg.clip_checkpoint, sizes, seed=seed + 3)
         write_xlm_roberta_tokenizer(out / cfg.clip_tokenizer)
