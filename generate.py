@@ -20,7 +20,8 @@ from pathlib import Path
 # options (see wan/tasks.py: Task.sidecar_keys).
 COMMON_REPLAY_KEYS = ("task", "size", "frame_num", "prompt", "negative_prompt", "base_seed",
                       "sample_solver", "sample_steps", "sample_shift", "sample_guide_scale", "fps",
-                      "vae_tiling")
+                      "vae_tiling", "denoising_steps", "denoising_renoise", "boundary_step",
+                      "convert_model_dtype")
 
 log = logging.getLogger("generate")
 
@@ -85,6 +86,17 @@ def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="classifier-free guidance scale (default: the task's, 5.0; Wan2.2 A14B: "
                         "the config's (low, high) pair, one per expert); LOW,HIGH sets the "
                         "two experts' scales")
+    p.add_argument("--denoising_steps", default=None, metavar="T1,T2,...",
+                   help="few-step sampling with a step-distilled model (e.g. LightX2V's 4-step "
+                        "LoRAs): the training timesteps to visit, strictly decreasing in "
+                        "(0, 1000], e.g. 1000,750,500,250; use with --sample_guide_scale 1")
+    p.add_argument("--denoising_renoise", action="store_true",
+                   help="with --denoising_steps: predict x0 and re-noise it at each step with "
+                        "fresh seeded noise (older LightX2V, CausVid/DMD) instead of the "
+                        "deterministic update")
+    p.add_argument("--boundary_step", type=int, default=None, metavar="N",
+                   help="Wan2.2 A14B with --denoising_steps: the step where the low-noise "
+                        "expert takes over (default: the boundary timestep rule)")
     p.add_argument("--convert_model_dtype", action="store_true",
                    help="store the whole DiT in the config's param_dtype (bf16), as the "
                         "official Wan2.2 commands do; default: bf16 matmul weights, fp32 norms "
@@ -218,6 +230,24 @@ def _validate(args: argparse.Namespace, world_size: int) -> None:
                          f"got {args.frame_num}")
     if args.frame_num < 1 or (args.frame_num - 1) % 4:
         raise UsageError(f"--frame_num must be 4n+1 (1, 5, 9, ..., 81), got {args.frame_num}")
+    if args.denoising_steps is not None:
+        from wan.utils.fm_solvers import check_denoising_steps
+        try:
+            text = args.denoising_steps
+            parts = text if isinstance(text, list) else str(text).split(",")
+            args.denoising_steps = check_denoising_steps(parts)
+        except ValueError as e:
+            raise UsageError(f"--denoising_steps: {e}") from None
+        args.sample_steps = len(args.denoising_steps)
+        if args.boundary_step is not None and not 0 <= args.boundary_step <= args.sample_steps:
+            raise UsageError(f"--boundary_step must be in [0, {args.sample_steps}], got "
+                             f"{args.boundary_step}")
+    elif args.denoising_renoise or args.boundary_step is not None:
+        raise UsageError("--denoising_renoise and --boundary_step apply to --denoising_steps, "
+                         "which is not given")
+    if args.boundary_step is not None and not task.config.get("boundary"):
+        raise UsageError(f"--boundary_step is for the two-expert Wan2.2 A14B tasks, not "
+                         f"{task.name}")
     if args.sample_steps is None:
         args.sample_steps = task.steps
     if args.sample_steps < 1:
@@ -446,6 +476,9 @@ def generate(args: argparse.Namespace) -> Path | None:
         use_usp=args.ulysses_size > 1 or args.ring_size > 1, t5_cpu=args.t5_cpu,
         dit_offload_blocks=args.dit_offload_blocks, convert_model_dtype=args.convert_model_dtype)
     pipe.vae.tiling = args.vae_tiling
+    if args.denoising_steps is not None:
+        pipe.set_schedule(args.denoising_steps, renoise=args.denoising_renoise,
+                          boundary_step=args.boundary_step)
     area = task.size_kwargs(args.size)
     if task.prepare:  # the pipeline reads its input files (VACE: clips, masks, references)
         inputs, used = getattr(pipe, task.prepare)(**inputs, frame_num=args.frame_num,

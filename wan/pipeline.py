@@ -63,6 +63,7 @@ class WanPipelineBase:
         self.sample_neg_prompt = config.sample_neg_prompt
         self.boundary = config.get("boundary")
         self.last_seed: int | None = None
+        self.schedule: dict | None = None  # a distilled few-step schedule (set_schedule)
         self.sp_size = 1
         self._on_device: set[str] = set()
 
@@ -247,16 +248,54 @@ class WanPipelineBase:
         tokens = f * h * w / (self.patch_size[1] * self.patch_size[2])
         return math.ceil(tokens / self.sp_size) * self.sp_size
 
+    def set_schedule(self, denoising_steps=None, renoise: bool = False,
+                     boundary_step: int | None = None) -> None:
+        """Sample with a distilled few-step schedule (LightX2V's ``denoising_step_list``,
+        e.g. ``[1000, 750, 500, 250]`` with a 4-step distillation LoRA) instead of the
+        solver grid; ``renoise``: the x0-and-re-noise update of older distilled samplers;
+        ``boundary_step``: for A14B, the step where the low-noise expert takes over (default:
+        the timestep rule). ``None`` goes back to the solver's grid."""
+        from .utils.fm_solvers import check_denoising_steps
+
+        if denoising_steps is None:
+            self.schedule = None
+            return
+        steps = check_denoising_steps(denoising_steps, self.num_train_timesteps)
+        if boundary_step is not None and not 0 <= int(boundary_step) <= len(steps):
+            raise ValueError(f"boundary_step must be in [0, {len(steps)}], got {boundary_step}")
+        self.schedule = dict(denoising_steps=steps, renoise=bool(renoise),
+                             boundary_step=None if boundary_step is None else int(boundary_step))
+
+    def _distill_sampler(self, shift: float, noise: torch.Tensor):
+        from .utils.fm_solvers import StepDistillSampler, distill_sigmas
+
+        g = None
+        if self.schedule["renoise"]:
+            # the run's seeded generator, continued after the initial noise it drew
+            g = torch.Generator(device=noise.device)
+            g.manual_seed(self.last_seed)
+            torch.randn(noise.shape, dtype=torch.float32, device=noise.device, generator=g)
+        return StepDistillSampler(
+            distill_sigmas(self.schedule["denoising_steps"], shift, self.num_train_timesteps),
+            self.num_train_timesteps, device=self.device, renoise=self.schedule["renoise"],
+            generator=g)
+
     def denoise(self, noise: torch.Tensor, cond: Conditioning, uncond: Conditioning, seq_len: int,
                 sample_solver: str, sampling_steps: int, shift: float, guide_scale,
                 offload_model: bool, on_step=None, **plan) -> torch.Tensor:
         """The sampling loop on the DiT (or the two experts); ``plan``: the per-step inputs of
         :func:`wan.sampling.sample` (``start_step``/``init_latent``, ``timestep_fn``,
         ``constraint``)."""
+        if self.schedule is not None:
+            plan["sampler"] = self._distill_sampler(shift, noise)
+            sampling_steps = len(self.schedule["denoising_steps"])
+            sample_solver = "distilled schedule"
         if self.is_moe:
+            switch = self.schedule["boundary_step"] if self.schedule is not None else None
             model = Experts(self.dits["high"], self.dits["low"],
                             boundary=self.boundary * self.num_train_timesteps,
-                            activate=lambda name: self._activate(name, offload_model))
+                            activate=lambda name: self._activate(name, offload_model),
+                            switch_step=switch)
             self.last_experts = model.history
         else:
             self._activate("dit", offload_model)

@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 from .modules.model import cached_context
-from .utils.fm_solvers import make_sampler
+from .utils.fm_solvers import FlowSampler, make_sampler
 
 __all__ = ["Conditioning", "Experts", "resolve_seed", "initial_noise", "sample", "autocast_for",
            "v2v_start_step", "guide_pair"]
@@ -76,12 +76,15 @@ class Experts:
     boundary: float
     activate: Callable[[str], None] | None = None
     history: list[str] = field(default_factory=list)
+    switch_step: int | None = None  # if given: high for the steps before it (--boundary_step)
 
-    def name_for(self, t: float) -> str:
+    def name_for(self, t: float, step: int | None = None) -> str:
+        if self.switch_step is not None and step is not None:
+            return "high" if step < self.switch_step else "low"
         return "high" if t >= self.boundary else "low"
 
-    def pick(self, t: float) -> tuple[str, Callable]:
-        name = self.name_for(t)
+    def pick(self, t: float, step: int | None = None) -> tuple[str, Callable]:
+        name = self.name_for(t, step)
         if self.activate is not None and (not self.history or self.history[-1] != name):
             self.activate(name)
         self.history.append(name)
@@ -153,7 +156,8 @@ def sample(model: Callable | Experts, noise: torch.Tensor, cond: Conditioning,
            progress: bool = True, on_step: Callable[[int, int], None] | None = None,
            start_step: int = 0, init_latent: torch.Tensor | None = None,
            timestep_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
-           constraint: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+           constraint: Callable[[torch.Tensor], torch.Tensor] | None = None,
+           sampler: FlowSampler | None = None) -> torch.Tensor:
     """Run the sampler from ``noise`` and return the final latent ``[C, F, H, W]`` (fp32).
 
     Each step evaluates the DiT on the conditional and unconditional branch
@@ -176,13 +180,18 @@ def sample(model: Callable | Experts, noise: torch.Tensor, cond: Conditioning,
     the VAE latent of the source video) and runs the remaining ``steps - k``
     steps; the solver's history starts empty at ``k``. ``start_step = 0`` is
     plain generation from ``noise`` (``init_latent`` must then be None).
+
+    ``sampler`` (optional) replaces the solver built from ``solver``/``steps``/
+    ``shift``: e.g. a :class:`~wan.utils.fm_solvers.StepDistillSampler` for the few-step
+    distilled models.
     """
     device = noise.device
     low_guide, high_guide = guide_pair(guide_scale)
     if not isinstance(model, Experts) and low_guide != high_guide:
         raise ValueError(f"a (low, high) guide scale pair needs two experts (Wan2.2 A14B); "
                          f"this model takes one guide scale, got {guide_scale!r}")
-    sampler = make_sampler(solver, steps, shift, num_train_timesteps, device=device)
+    if sampler is None:
+        sampler = make_sampler(solver, steps, shift, num_train_timesteps, device=device)
     sampler.reset(start_step)  # validates start_step
     if start_step == 0:
         if init_latent is not None:
@@ -208,7 +217,7 @@ def sample(model: Callable | Experts, noise: torch.Tensor, cond: Conditioning,
         for i in range(start_step, len(timesteps)):
             t = timesteps[i].view(1)
             if isinstance(model, Experts):
-                name, dit = model.pick(t.item())
+                name, dit = model.pick(t.item(), i)
                 guide = high_guide if name == "high" else low_guide
             else:
                 dit, guide = model, high_guide

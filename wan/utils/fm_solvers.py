@@ -19,7 +19,8 @@ from torch import Tensor
 
 __all__ = [
     "SOLVERS", "FlowSampler", "UniPCSampler", "DPMPP2MSampler", "EulerSampler",
-    "make_sampler", "sampling_sigmas", "shift_sigmas", "get_sampling_sigmas"
+    "StepDistillSampler", "make_sampler", "sampling_sigmas", "shift_sigmas",
+    "get_sampling_sigmas", "distill_sigmas", "check_denoising_steps"
 ]
 
 SOLVERS = ('unipc', 'dpm++', 'euler')
@@ -229,6 +230,69 @@ class UniPCSampler(FlowSampler):
             rho = torch.linalg.solve(R, b).to(x.dtype)
             res = rho[0] * d1 + rho[1] * d1_t
         return (x_corr - alpha_t * b_h * res).to(x.dtype)
+
+
+# --------------------------------------------------------------------------- few-step
+def check_denoising_steps(denoising_steps, num_train_timesteps: int = 1000) -> list[int]:
+    """A distilled schedule: training timesteps, strictly decreasing, in (0, T]."""
+    try:
+        steps = [int(t) for t in denoising_steps]
+    except (TypeError, ValueError):
+        raise ValueError(f"denoising steps must be integers, got {denoising_steps!r}") from None
+    if not steps:
+        raise ValueError("denoising steps must list at least one timestep, e.g. 1000,750,500,250")
+    if any(not 0 < t <= num_train_timesteps for t in steps):
+        raise ValueError(f"denoising steps must be in (0, {num_train_timesteps}], got "
+                         f"{','.join(map(str, steps))}")
+    if any(a <= b for a, b in zip(steps, steps[1:])):
+        raise ValueError(f"denoising steps must be strictly decreasing, got "
+                         f"{','.join(map(str, steps))}")
+    return steps
+
+
+def distill_sigmas(denoising_steps, shift: float, num_train_timesteps: int = 1000) -> Tensor:
+    """The noise levels of a distilled schedule, as LightX2V's ``WanStepDistillScheduler``
+    (ModelTC/LightX2V at f8aee98b): ``linspace(1, 0, T + 1)[:-1]`` shifted, taken at the
+    indices ``T - t`` of the listed training timesteps ``t`` (float64)."""
+    steps = check_denoising_steps(denoising_steps, num_train_timesteps)
+    if not shift > 0:
+        raise ValueError(f"shift must be > 0, got {shift!r}")
+    grid = shift_sigmas(np.linspace(1.0, 0.0, num_train_timesteps + 1)[:-1], shift)
+    return torch.from_numpy(grid[[num_train_timesteps - t for t in steps]])
+
+
+class StepDistillSampler(FlowSampler):
+    """Few-step sampling with a step-distilled model (LightX2V's 4-step LoRAs, CausVid...).
+
+    The model sees the shifted timesteps as floats (``1000 * sigma``: 1000, 937.5,
+    833.3, 625 for 1000,750,500,250 at shift 5). The update is LightX2V's current
+    ``step_post``: ``x - sigma * v + sigma_next * v`` (deterministic; ``x0`` at the
+    last step). With ``renoise`` (older LightX2V, CausVid/DMD samplers) the step
+    predicts ``x0 = x - sigma * v`` and noises it again to ``sigma_next`` with fresh
+    noise from ``generator`` (seeded by the run: reproducible).
+    """
+
+    def __init__(self, sigmas: Tensor, num_train_timesteps: int = 1000,
+                 device: str | torch.device = 'cpu', renoise: bool = False,
+                 generator: torch.Generator | None = None):
+        super().__init__(sigmas, num_train_timesteps, device)
+        self.timesteps = (sigmas * num_train_timesteps).to(device=device, dtype=torch.float32)
+        self.renoise = renoise
+        if renoise and generator is None:
+            raise ValueError("the re-noising sampler needs a seeded generator")
+        self.generator = generator
+
+    def _update(self, flow: Tensor, i: int, x: Tensor) -> Tensor:
+        sigma, sigma_next = self.sigmas[i], self.sigmas[i + 1]
+        v = flow.float()
+        if not self.renoise:
+            return (x.float() - sigma * v + sigma_next * v).to(x.dtype)
+        x0 = x.float() - sigma * v
+        if float(sigma_next) == 0.0:
+            return x0.to(x.dtype)
+        noise = torch.randn(x.shape, dtype=torch.float32, device=x.device,
+                            generator=self.generator)
+        return ((1 - sigma_next) * x0 + sigma_next * noise).to(x.dtype)
 
 
 def make_sampler(solver: str,
