@@ -152,3 +152,133 @@ def test_fit_image_covers_and_centre_crops(shape, size):
     out = fit_image(img, *size)
     assert out.size == size
     assert torch.equal(image_to_tensor(out), official_preprocess(img, *size))
+
+
+# ------------------------------------------------------------------ 2. WanTI2V vs diffusers
+@pytest.fixture(scope="module")
+def ti2v_pipe(ti2v_ckpt):
+    import wan
+    return wan.WanTI2V(fp32_config("ti2v-5B"), ti2v_ckpt, device_id="cpu")
+
+
+def diffusers_ti2v_parts(ckpt, monkeypatch):
+    """Tokenizer, umT5, the official UniPC grid (tests/test_pipeline.py), the 48-channel DiT and
+    the converted Wan2.2 VAE (tests/test_vae22.py) in place of the Wan2.1 one."""
+    import test_vae
+    from test_model import diffusers_model
+    from test_pipeline import diffusers_components
+    from test_vae22 import diffusers_vae22
+
+    monkeypatch.setattr(test_vae, "diffusers_vae",
+                        lambda path, *a: diffusers_vae22(ckpt / "Wan2.2_VAE.pth"))
+    parts = diffusers_components(ckpt, SHIFT, None)
+    parts.update(transformer=diffusers_model(ckpt))
+    assert parts["vae"].config.z_dim == 48 and parts["vae"].config.scale_factor_spatial == 16
+    return parts
+
+
+def test_ti2v_text_matches_diffusers_wan_pipeline(ti2v_pipe, ti2v_ckpt, monkeypatch):
+    """Text-only: the official ``t2v`` branch gives every token the step's timestep (a
+    ``[1, L]`` tensor of t, as diffusers' ``expand_timesteps`` with its all-ones mask)."""
+    from diffusers import WanPipeline
+
+    width, height, frames = 96, 64, 5
+    ours = ti2v_pipe.generate(PROMPT, size=(width, height), frame_num=frames, shift=SHIFT,
+                              sampling_steps=STEPS, guide_scale=GUIDE, n_prompt=NEGATIVE,
+                              seed=SEED)
+    assert ours.shape == (3, frames, height, width)
+    ref = WanPipeline(**diffusers_ti2v_parts(ti2v_ckpt, monkeypatch), expand_timesteps=True)
+    noise = initial_noise((48, 2, height // 16, width // 16), SEED, torch.device("cpu"))
+    with torch.no_grad():
+        out = ref(prompt=PROMPT, negative_prompt=NEGATIVE, height=height, width=width,
+                  num_frames=frames, num_inference_steps=STEPS, guidance_scale=GUIDE,
+                  latents=noise[None], output_type="pt", max_sequence_length=512).frames[0]
+    err = rel_err(ours, out.permute(1, 0, 2, 3) * 2 - 1)
+    print(f"ti2v text-to-video relative error vs diffusers WanPipeline(expand_timesteps): "
+          f"{err:.2e}")
+    assert err <= 1e-4
+
+
+def test_ti2v_image_matches_diffusers_i2v_pipeline(ti2v_pipe, ti2v_ckpt, monkeypatch):
+    """With an image, against ``WanImageToVideoPipeline(expand_timesteps=True,
+    image_encoder=None)``; same weights, noise and grid. Where diffusers differs from the
+    official code:
+
+    * output size: diffusers takes ``height``/``width``; they are given as the official
+      ``best_output_size`` of the image within ``max_area`` computes them;
+    * image preprocessing: diffusers' ``video_processor.preprocess`` resizes (stretches) to
+      ``height x width``; the official cover-resizes (PIL Lanczos, aspect kept) and centre-crops.
+      The official algorithm (``official_preprocess`` above) replaces diffusers' here;
+    * first-frame condition: the official sets the first latent frame to the image's latent
+      before the first step and after every step (the solver steps on the constrained
+      latent); diffusers keeps its latent unconstrained, feeds the model
+      ``(1 - mask) * condition + mask * latents`` and substitutes the condition only before
+      decoding. UniPC acts elementwise, so the generated frames are the same; nothing is
+      patched for this;
+    * timestep of the image tokens: both give them 0 (diffusers ``mask[:, ::2, ::2] * t``, the
+      official ``mask2`` likewise, padding tokens (none in one process) get t).
+    """
+    from diffusers import WanImageToVideoPipeline
+
+    frames, max_area = 5, 96 * 64
+    image = random_image(50, 90, 4)  # another aspect than the area's 3:2
+    ours = ti2v_pipe.generate(PROMPT, image, max_area=max_area, frame_num=frames, shift=SHIFT,
+                              sampling_steps=STEPS, guide_scale=GUIDE, n_prompt=NEGATIVE,
+                              seed=SEED)
+    width, height = best_output_size(90, 50, 32, 32, max_area)
+    assert ours.shape == (3, frames, height, width) == (3, 5, 64, 96)
+
+    parts = diffusers_ti2v_parts(ti2v_ckpt, monkeypatch)
+    ref = WanImageToVideoPipeline(**parts, image_encoder=None, image_processor=None,
+                                  expand_timesteps=True)
+    # diffusers' own preprocessing (a stretch, not a crop) gives another first frame
+    stretched = ref.video_processor.preprocess(image, height=height, width=width)[0]
+    assert rel_err(stretched, official_preprocess(image, width, height)) > 0.1
+    monkeypatch.setattr(ref.video_processor, "preprocess",
+                        lambda img, height, width, **_: official_preprocess(img, width, height)[None])
+    noise = initial_noise((48, 2, height // 16, width // 16), SEED, torch.device("cpu"))
+    with torch.no_grad():
+        out = ref(image=image, prompt=PROMPT, negative_prompt=NEGATIVE, height=height,
+                  width=width, num_frames=frames, num_inference_steps=STEPS,
+                  guidance_scale=GUIDE, latents=noise[None], output_type="pt",
+                  max_sequence_length=512).frames[0]
+    ref_video = out.permute(1, 0, 2, 3) * 2 - 1
+    err = rel_err(ours, ref_video)
+    print(f"ti2v image-to-video relative error vs diffusers WanImageToVideoPipeline"
+          f"(expand_timesteps, no image encoder): {err:.2e}")
+    assert err <= 1e-4
+
+
+def test_ti2v_first_latent_frame_is_the_image_at_every_step(ti2v_pipe, monkeypatch):
+    """Spy on the DiT input and the decoded latent: the first latent frame is the image's
+    latent at every step (and at the end), its tokens get timestep 0, the others t."""
+    from wan.image2video import image_to_tensor
+    from wan.utils.fm_solvers import make_sampler
+
+    image = random_image(70, 50, 5)
+    width, height = best_output_size(50, 70, 32, 32, 64 * 96)
+    with torch.no_grad():
+        z = ti2v_pipe.vae.encode([image_to_tensor(fit_image(image, width, height))[:, None]])[0]
+    calls, decoded = [], []
+    model, real = ti2v_pipe.model, ti2v_pipe.model.forward
+
+    def spy(x, t, *a, **k):
+        calls.append(([u.clone() for u in x], t.clone()))
+        return real(x, t, *a, **k)
+
+    real_decode = ti2v_pipe.decode
+    monkeypatch.setattr(model, "forward", spy)
+    monkeypatch.setattr(ti2v_pipe, "decode",
+                        lambda latent, *a: decoded.append(latent) or real_decode(latent, *a))
+    ti2v_pipe.generate("p", image, max_area=64 * 96, frame_num=5, sampling_steps=STEPS,
+                       shift=SHIFT, seed=2)
+    ts = make_sampler("unipc", STEPS, SHIFT, 1000, device="cpu").timesteps
+    assert len(calls) == STEPS  # one batched-CFG call per step
+    first = (height // 32) * (width // 32)
+    for (x, t), step_t in zip(calls, ts):
+        assert len(x) == 2 and t.shape == (2, 2 * first)
+        for u in x:
+            assert torch.equal(u[:, :1], z)  # the image's latent, exactly
+            assert not torch.equal(u[:, 1:], z.expand_as(u[:, 1:]))
+        assert torch.all(t[:, :first] == 0) and torch.all(t[:, first:] == step_t)
+    assert torch.equal(decoded[0][:, :1], z)
