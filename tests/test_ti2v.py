@@ -282,3 +282,61 @@ def test_ti2v_first_latent_frame_is_the_image_at_every_step(ti2v_pipe, monkeypat
             assert not torch.equal(u[:, 1:], z.expand_as(u[:, 1:]))
         assert torch.all(t[:, :first] == 0) and torch.all(t[:, first:] == step_t)
     assert torch.equal(decoded[0][:, :1], z)
+
+
+# ------------------------------------------------------------------ 4. the command line
+def test_cli_ti2v_text_image_and_replay(ti2v_ckpt, tmp_path):
+    """``--size 1280*704`` text-only, and with a 4:3 ``--image`` the size best_output_size
+    gives within that area (1088 x 800); 24 fps; the sidecar; ``--replay`` bit for bit. (The
+    image run makes one frame: the VAE decode of 1280 x 704 frames dominates on the CPU.)"""
+    from test_generate import frames, probe, run
+
+    out = tmp_path / "t.mp4"
+    assert run("--task", "ti2v-5B", "--size", "1280*704", "--ckpt_dir", ti2v_ckpt,
+               "--frame_num", 5, "--sample_steps", 2, "--base_seed", 3, "--save_file", out) == 0
+    assert probe(out)[2:] == (1280, 704, 24.0)
+    assert frames(out).shape == (5, 704, 1280, 3)
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert side["task"] == "ti2v-5B" and side["fps"] == 24 and side["sample_guide_scale"] == 5.0
+    assert side["sample_shift"] == 5.0 and side["image"] is None and side["image_sha256"] is None
+
+    img = tmp_path / "in.png"
+    random_image(300, 400, 1).save(img)
+    out = tmp_path / "i.mp4"
+    assert run("--task", "ti2v-5B", "--size", "1280*704", "--ckpt_dir", ti2v_ckpt, "--image",
+               img, "--frame_num", 1, "--sample_steps", 2, "--save_file", out) == 0
+    assert best_output_size(400, 300, 32, 32, 1280 * 704) == (1088, 800)
+    assert probe(out)[2:] == (1088, 800, 24.0)
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert side["image"] == str(img.resolve()) and side["fps"] == 24
+    assert side["image_sha256"] == hashlib.sha256(img.read_bytes()).hexdigest()
+    again = tmp_path / "again.mp4"
+    assert run("--replay", out.with_suffix(".json"), "--save_file", again) == 0
+    assert np.array_equal(frames(again), frames(out))
+    assert json.loads(again.with_suffix(".json").read_text())["base_seed"] == side["base_seed"]
+
+
+def test_cli_ti2v_errors(ti2v_ckpt, t2v_ckpt, tmp_path, capsys):
+    from test_generate import run
+    from wan.utils.tiny_checkpoint import write_vae
+
+    wrong_vae = tmp_path / "wrong_vae"
+    shutil.copytree(ti2v_ckpt, wrong_vae)
+    write_vae(wrong_vae / "Wan2.2_VAE.pth")  # a Wan2.1 VAE under the Wan2.2 name
+    out = tmp_path / "o.mp4"
+    cases = [
+        (["--task", "ti2v-5B", "--size", "832*480", "--ckpt_dir", ti2v_ckpt],
+         ["unsupported size 832*480 for task ti2v-5B", "704*1280, 1280*704"]),
+        (["--task", "ti2v-5B", "--size", "1280*704", "--ckpt_dir", wrong_vae],
+         ["holds a Wan2.1 VAE (16 latent channels", "not a Wan2.2 VAE (48 latent channels"]),
+        (["--task", "ti2v-5B", "--size", "1280*704", "--ckpt_dir", t2v_ckpt],
+         ["holds 'Wan2.1_VAE.pth'", "but not 'Wan2.2_VAE.pth'", "--task t2v-1.3B"]),
+        (["--task", "t2v-1.3B", "--size", "832*480", "--ckpt_dir", ti2v_ckpt],
+         ["holds 'Wan2.2_VAE.pth'", "but not 'Wan2.1_VAE.pth'", "--task ti2v-5B"]),
+    ]
+    for argv, messages in cases:
+        assert run(*argv, "--frame_num", 1, "--sample_steps", 1, "--save_file", out) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and len(err.splitlines()) == 1, err
+        assert all(m in err for m in messages), err
+        assert not out.exists()

@@ -68,8 +68,7 @@ class WanTI2V(WanPipelineBase):
     def _load_vae(self, config):
         from .modules.vae2_2 import Wan2_2_VAE
 
-        return Wan2_2_VAE(vae_pth=self.checkpoint_dir / config.vae_checkpoint,
-                          device=torch.device("cpu"))
+        return Wan2_2_VAE(vae_pth=self._vae_file(config), device=torch.device("cpu"))
 
     def generate(self, input_prompt: str, img=None, size: tuple[int, int] = (1280, 704),
                  max_area: int = 704 * 1280, frame_num: int = 81, shift: float = 5.0,
