@@ -73,6 +73,7 @@ class WanPipelineBase:
             shard_fn = partial(shard_model, device_id=self.device)
 
         dit_folders = self._dit_folders(config)  # a wrong folder fails before any loading
+        self._vae_file(config)
         with stage("loading the text encoder"):
             self.text_encoder = T5EncoderModel(
                 text_len=config.text_len, dtype=config.t5_dtype, device=torch.device("cpu"),
@@ -157,9 +158,30 @@ class WanPipelineBase:
     def dit_class() -> type:
         return WanModel
 
+    _VAE_KINDS = {  # file name: (what it is, what to do with a folder that holds it)
+        "Wan2.1_VAE.pth": ("the Wan2.1 VAE, 16 latent channels",
+                           "a Wan2.1 (or Wan2.2 A14B) folder? Use its task, e.g. --task t2v-1.3B"),
+        "Wan2.2_VAE.pth": ("the Wan2.2 VAE, 48 latent channels",
+                           "a Wan2.2 TI2V-5B folder? Use --task ti2v-5B"),
+    }
+
+    def _vae_file(self, config) -> Path:
+        """The config's VAE file; a folder holding the other kind of Wan VAE instead is named
+        as such (rather than as an incomplete download)."""
+        from .utils.checkpoint import CheckpointError
+
+        path = self.checkpoint_dir / config.vae_checkpoint
+        if not path.is_file() and path.name in self._VAE_KINDS:
+            for other, (what, hint) in self._VAE_KINDS.items():
+                if other != path.name and (self.checkpoint_dir / other).is_file():
+                    raise CheckpointError(
+                        f"'{self.checkpoint_dir}' holds '{other}' ({what}) but not "
+                        f"'{path.name}' ({self._VAE_KINDS[path.name][0]}), which this model "
+                        f"needs: {hint}.")
+        return path
+
     def _load_vae(self, config):
-        return WanVAE(vae_pth=self.checkpoint_dir / config.vae_checkpoint,
-                      device=torch.device("cpu"))
+        return WanVAE(vae_pth=self._vae_file(config), device=torch.device("cpu"))
 
     def _check_experts(self) -> None:
         if not self.is_moe:

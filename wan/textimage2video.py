@@ -30,9 +30,10 @@ def best_output_size(w: int, h: int, dw: int, dh: int, expected_area: int) -> tu
     ow = (expected_area * ratio) ** 0.5
     oh = expected_area / ow
     ow1 = int(ow // dw * dw)
-    oh1 = int(expected_area / ow1 // dh * dh)
     oh2 = int(oh // dh * dh)
-    ow2 = int(expected_area / oh2 // dw * dw)
+    # (checked before dividing: an extreme aspect ratio rounds one side down to 0)
+    oh1 = int(expected_area / ow1 // dh * dh) if ow1 >= dw else 0
+    ow2 = int(expected_area / oh2 // dw * dw) if oh2 >= dh else 0
     if ow1 < dw or oh1 < dh or ow2 < dw or oh2 < dh:
         raise ValueError(f"an image of {w}x{h} does not fit {expected_area} pixels in blocks of "
                          f"{dw}x{dh}: use a less extreme aspect ratio")
@@ -67,8 +68,7 @@ class WanTI2V(WanPipelineBase):
     def _load_vae(self, config):
         from .modules.vae2_2 import Wan2_2_VAE
 
-        return Wan2_2_VAE(vae_pth=self.checkpoint_dir / config.vae_checkpoint,
-                          device=torch.device("cpu"))
+        return Wan2_2_VAE(vae_pth=self._vae_file(config), device=torch.device("cpu"))
 
     def generate(self, input_prompt: str, img=None, size: tuple[int, int] = (1280, 704),
                  max_area: int = 704 * 1280, frame_num: int = 81, shift: float = 5.0,
