@@ -86,6 +86,10 @@ def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="classifier-free guidance scale (default: the task's, 5.0; Wan2.2 A14B: "
                         "the config's (low, high) pair, one per expert); LOW,HIGH sets the "
                         "two experts' scales")
+    p.add_argument("--lora", action="append", default=None, metavar="[EXPERT=]PATH[:SCALE]",
+                   help="merge a LoRA into the DiT (repeatable; SCALE after the last colon, "
+                        "default 1.0); for Wan2.2 A14B high=PATH or low=PATH picks one expert, "
+                        "a plain PATH applies to both")
     p.add_argument("--denoising_steps", default=None, metavar="T1,T2,...",
                    help="few-step sampling with a step-distilled model (e.g. LightX2V's 4-step "
                         "LoRAs): the training timesteps to visit, strictly decreasing in "
@@ -123,6 +127,32 @@ def _guide_scale(text: str) -> float | tuple[float, float]:
     raise argparse.ArgumentTypeError(f"expected a number or LOW,HIGH, got '{text}'")
 
 
+def parse_lora(text: str) -> dict:
+    """``[EXPERT=]PATH[:SCALE]`` -> ``{path, scale, expert}`` (one clear line when wrong)."""
+    expert = None
+    head, sep, rest = text.partition("=")
+    if sep and head in ("high", "low"):
+        expert, text = head, rest
+    elif sep and "/" not in head and "\\" not in head and not Path(text).exists():
+        raise UsageError(f"--lora: unknown expert '{head}' (use high=PATH or low=PATH, or a "
+                         f"plain PATH for both)")
+    scale = 1.0
+    path, sep, tail = text.rpartition(":")
+    if sep and tail and "/" not in tail and "\\" not in tail:
+        try:
+            scale = float(tail)
+        except ValueError:
+            raise UsageError(f"--lora: the scale '{tail}' after the last colon is not a number "
+                             f"(PATH:SCALE, e.g. style.safetensors:0.8)") from None
+    else:
+        path = text
+    if not path:
+        raise UsageError("--lora: no file given (PATH[:SCALE])")
+    if not Path(path).is_file():
+        raise UsageError(f"--lora file not found: '{path}'")
+    return {"path": path, "scale": scale, "expert": expert}
+
+
 def replay_keys(task_name: str) -> tuple[str, ...]:
     """The settings a sidecar of ``task_name`` stores and ``--replay`` restores."""
     from wan.tasks import TASKS
@@ -143,6 +173,9 @@ def _apply_replay(args: argparse.Namespace) -> None:
             setattr(args, key, data[key])
     if args.ckpt_dir is None:
         args.ckpt_dir = data.get("ckpt_dir")
+    if data.get("loras") and not args.lora:
+        args.lora = [(f"{x['expert']}=" if x.get("expert") else "") + f"{x['path']}:{x['scale']}"
+                     for x in data["loras"]]
     args.use_prompt_extend = False  # the sidecar holds the prompt as it was used
 
 
@@ -248,6 +281,10 @@ def _validate(args: argparse.Namespace, world_size: int) -> None:
     if args.boundary_step is not None and not task.config.get("boundary"):
         raise UsageError(f"--boundary_step is for the two-expert Wan2.2 A14B tasks, not "
                          f"{task.name}")
+    args.loras = [parse_lora(text) for text in (args.lora or [])]
+    if any(x["expert"] for x in args.loras) and not task.config.get("boundary"):
+        raise UsageError(f"task {task.name} has one DiT: give --lora PATH[:SCALE] without "
+                         f"high=/low=")
     if args.sample_steps is None:
         args.sample_steps = task.steps
     if args.sample_steps < 1:
@@ -476,6 +513,8 @@ def generate(args: argparse.Namespace) -> Path | None:
         use_usp=args.ulysses_size > 1 or args.ring_size > 1, t5_cpu=args.t5_cpu,
         dit_offload_blocks=args.dit_offload_blocks, convert_model_dtype=args.convert_model_dtype)
     pipe.vae.tiling = args.vae_tiling
+    for lora in args.loras:
+        pipe.load_lora(lora["path"], lora["scale"], lora["expert"])
     if args.denoising_steps is not None:
         pipe.set_schedule(args.denoising_steps, renoise=args.denoising_renoise,
                           boundary_step=args.boundary_step)
@@ -512,7 +551,9 @@ def generate(args: argparse.Namespace) -> Path | None:
                     ckpt_dir=str(Path(args.ckpt_dir).resolve()), device=str(device),
                     offload_model=args.offload_model, t5_cpu=args.t5_cpu,
                     ulysses_size=args.ulysses_size, ring_size=args.ring_size,
-                    convert_model_dtype=args.convert_model_dtype, seconds=round(time.perf_counter() - t0, 2))
+                    convert_model_dtype=args.convert_model_dtype,
+                    loras=[dict(x, path=str(Path(x["path"]).resolve())) for x in pipe.loras],
+                    seconds=round(time.perf_counter() - t0, 2))
     if args.use_prompt_extend:
         settings.update(original_prompt=original_prompt,
                         prompt_extend_method=args.prompt_extend_method,
