@@ -64,6 +64,7 @@ class WanPipelineBase:
         self.boundary = config.get("boundary")
         self.last_seed: int | None = None
         self.schedule: dict | None = None  # a distilled few-step schedule (set_schedule)
+        self.loras: list[dict] = []  # LoRAs merged into the DiT(s), for the sidecar
         self.sp_size = 1
         self._on_device: set[str] = set()
 
@@ -194,6 +195,39 @@ class WanPipelineBase:
                 f"the two experts in '{self.checkpoint_dir}' differ ({diff}: "
                 f"{high[diff]} in high_noise_model/ vs {low[diff]} in low_noise_model/): "
                 f"they must be the two halves of one Wan2.2 A14B download.")
+
+    # ---------------------------------------------------------------- LoRA
+    def load_lora(self, path: str | os.PathLike, scale: float = 1.0,
+                  expert: str | None = None) -> int:
+        """Merge a LoRA file into the DiT(s) (wan.utils.lora.apply_lora); ``expert``
+        'high' or 'low' picks one Wan2.2 A14B expert, None every DiT. Recorded in
+        ``self.loras`` (path, sha256, scale, expert) for the sidecar."""
+        from .utils.io import sha256_file
+        from .utils.lora import apply_lora, _check_scale
+
+        scale = _check_scale(scale)
+        if expert is None:
+            names = list(self.dits)
+        elif expert in ("high", "low") and expert in self.dits:
+            names = [expert]
+        else:
+            have = "'high', 'low' or None" if self.is_moe else "None (this model has one DiT)"
+            raise ValueError(f"unknown LoRA expert {expert!r}: use {have}")
+        for name in names:
+            if self._sharded(name):
+                raise ValueError("LoRAs cannot be merged into an FSDP-sharded DiT")
+        n = sum(apply_lora(self.dits[name], path, scale) for name in names)
+        self.loras.append({"path": str(path), "sha256": sha256_file(path), "scale": scale,
+                           "expert": expert})
+        return n
+
+    def unload_loras(self) -> None:
+        """Restore the base weights of every DiT (bit for bit) and forget the LoRAs."""
+        from .utils.lora import unload_loras
+
+        for model in self.dits.values():
+            unload_loras(model)
+        self.loras = []
 
     # ---------------------------------------------------------------- hooks
     def _load_extra_encoders(self, config) -> None:
