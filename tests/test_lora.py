@@ -17,6 +17,7 @@ from wan.utils.lora import DIFFUSERS_NAMES, _BLOCK_PARTS, _TOP_PARTS, apply_lora
 from wan.utils.tiny_checkpoint import TinySizes, write_dit
 
 pytest.importorskip("peft")
+pytestmark = pytest.mark.filterwarnings("ignore:Already found a `peft_config`")
 
 RANK, ALPHA = 4, 8.0
 # official -> diffusers module names, from the table (inverted once here)
@@ -200,6 +201,34 @@ def test_bf16_weights_merge_in_fp32(tmp_path):
     assert w.dtype == torch.bfloat16 and torch.equal(w, want)
     unload_loras(model)
     assert torch.equal(w, base)
+
+
+def test_lora_a_b_names_without_prefix_same_merge(tiny):
+    """ComfyUI files also write lora_A / lora_B and no ``diffusion_model.`` prefix."""
+    sd = make_lora(tiny, "wan", "t2v", seed=1)
+    renamed = {k.replace("diffusion_model.", "").replace("lora_down", "lora_A")
+               .replace("lora_up", "lora_B"): v for k, v in sd.items()}
+    apply_lora(tiny, sd, 0.5)
+    first = {k: v.clone() for k, v in tiny.state_dict().items()}
+    unload_loras(tiny)
+    apply_lora(tiny, renamed, 0.5)
+    assert all(torch.equal(v, first[k]) for k, v in tiny.state_dict().items())
+    unload_loras(tiny)
+
+
+def test_block_offloaded_model(tmp_path):
+    """With block offload the block weights live in the offloader's CPU masters."""
+    from wan.utils.offload import enable_block_offload
+
+    write_dit(tmp_path / "dit", "t2v", SIZES, seed=4)
+    plain, offl = (WanModel.from_pretrained(tmp_path / "dit") for _ in range(2))
+    enable_block_offload(offl, "cpu", resident=1)
+    base_out = run_ours(offl, "t2v")
+    lora = make_lora(plain, "wan", "t2v", seed=1)
+    assert apply_lora(plain, lora) == apply_lora(offl, lora)
+    assert torch.equal(run_ours(offl, "t2v"), run_ours(plain, "t2v"))
+    unload_loras(offl)
+    assert torch.equal(run_ours(offl, "t2v"), base_out)
 
 
 # ------------------------------------------------------------------ model kinds
