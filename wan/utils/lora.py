@@ -24,8 +24,13 @@ so that :func:`unload_loras` restores the base weights bit for bit.
 Differences from diffusers' loader (``WanLoraLoaderMixin``), which runs the same LoRA
 math where both read a key: diffusers drops full-weight ``.diff`` keys (except
 ``head.head.diff``, which it reads as a down matrix), every ``norm`` delta, ``.diff_m``
-and a ``time_projection`` LoRA without weight keys; here every delta is merged. A
-DoRA file (``dora_scale``) is refused here (diffusers drops the scales and warns).
+and a ``time_projection`` LoRA without weight keys (and it fails on a
+``time_projection.1.alpha``); here every delta is merged. ``head.head.diff`` is merged as
+the full delta it is (diffusers' identity-up reading gives the same). A DoRA file
+(``dora_scale``) is refused here (diffusers drops the scales and warns). A PEFT file's
+alpha is taken from ``.alpha`` keys only: the ``lora_adapter_metadata`` that diffusers
+may store in a safetensors header (``lora_alpha``, ``alpha_pattern``) is not read, so
+such a file merges with alpha = rank.
 """
 
 from __future__ import annotations
