@@ -143,6 +143,37 @@ def test_parity_with_diffusers(base, layout, tmp_path):
     assert torch.equal(run_ours(ours, model_type), base_out)
 
 
+def test_parity_peft_metadata_alphas(base, tmp_path):
+    """A diffusers-saved file: alphas in the safetensors header (lora_alpha, alpha_pattern)."""
+    import json
+
+    model_type, _, ours, ref = base
+    sd = make_lora(ours, "diffusers", model_type, seed=3)
+    targets = sorted({k[len("transformer."):].rsplit(".lora_", 1)[0] for k in sd})
+    cfg = {"r": RANK, "lora_alpha": ALPHA, "alpha_pattern": {"blocks.0.attn1.to_q": 2.0},
+           "target_modules": targets, "lora_bias": True}
+    f = tmp_path / "peft.safetensors"
+    save_file(sd, f, metadata={"format": "pt", "lora_adapter_metadata": json.dumps(
+        {f"transformer.{k}": v for k, v in cfg.items()})})
+    base_out = run_ours(ours, model_type)
+    apply_lora(ours, f, 0.6)
+    try:
+        a = run_ours(ours, model_type)
+        b = run_diffusers(diffusers_with_loras(ref, [(f, 0.6)]), model_type)
+        print(f"{model_type} PEFT metadata: rel err {rel_err(a, b):.2e}")
+        assert rel_err(a, b) <= 1e-5
+        q = ours.blocks[0].self_attn.q.weight
+        up = sd["transformer.blocks.0.attn1.to_q.lora_B.weight"]
+        down = sd["transformer.blocks.0.attn1.to_q.lora_A.weight"]
+        unload_loras(ours)
+        q0 = q.clone()
+        apply_lora(ours, f, 0.6)
+        assert torch.allclose(q, q0 + 0.6 * (2.0 / RANK) * (up @ down), atol=1e-7)
+    finally:
+        unload_loras(ours)
+    assert torch.equal(run_ours(ours, model_type), base_out)
+
+
 def test_two_loras_add_up_and_unload(base, tmp_path):
     model_type, folder, ours, ref = base
     f1, f2 = tmp_path / "a.safetensors", tmp_path / "b.safetensors"

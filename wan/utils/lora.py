@@ -11,8 +11,9 @@ Three layouts are read, told apart by their keys:
   of the head);
 * **diffusers / PEFT**: diffusers' module names behind ``transformer.``
   (``blocks.0.attn1.to_q.lora_A.weight``, ``attn2.add_k_proj``, ``ffn.net.0.proj``,
-  ``condition_embedder.time_proj``, ``proj_out``, ...), with ``.lora_B.bias`` for a
-  bias delta; they are mapped back to the official names by :data:`DIFFUSERS_NAMES`;
+  ``condition_embedder.time_proj``, ``proj_out``, ...), with ``.lora_B.bias`` for a bias
+  delta (scaled by ``alpha / rank`` like the LoRA, as PEFT does); they are mapped back to
+  the official names by :data:`DIFFUSERS_NAMES`;
 * **musubi-tuner / kohya**: ``lora_unet_blocks_0_self_attn_q.lora_down.weight`` with
   ``.alpha``: the official name with its dots written as underscores.
 
@@ -28,9 +29,9 @@ and a ``time_projection`` LoRA without weight keys (and it fails on a
 ``time_projection.1.alpha``); here every delta is merged. ``head.head.diff`` is merged as
 the full delta it is (diffusers' identity-up reading gives the same). A DoRA file
 (``dora_scale``) is refused here (diffusers drops the scales and warns). A PEFT file's
-alpha is taken from ``.alpha`` keys only: the ``lora_adapter_metadata`` that diffusers
-may store in a safetensors header (``lora_alpha``, ``alpha_pattern``) is not read, so
-such a file merges with alpha = rank.
+alpha comes from ``.alpha`` keys or, as in diffusers, from the ``lora_adapter_metadata``
+of its safetensors header (``lora_alpha``, ``alpha_pattern``, ``use_rslora``); without
+either, alpha = rank.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ _BLOCK = re.compile(r"^((?:vace_)?blocks\.\d+)\.(.+)$")
 _SUFFIXES = (
     (".lora_down.weight", "down"), (".lora_A.weight", "down"),
     (".lora_up.weight", "up"), (".lora_B.weight", "up"),
-    (".lora_B.bias", "diff_b"), (".alpha", "alpha"),
+    (".lora_B.bias", "up_b"), (".alpha", "alpha"),
     (".diff_b", "diff_b"), (".diff_m", "diff_m"), (".diff", "diff"),
 )
 _PREFIXES = ("base_model.model.", "model.diffusion_model.", "diffusion_model.", "transformer.")
@@ -128,6 +129,38 @@ def read_lora(lora: str | os.PathLike | Mapping[str, torch.Tensor]) -> dict[str,
         return load_pth(path, "LoRA file", mmap=False)
     raise CheckpointError(f"LoRA file '{path}': unknown extension '{path.suffix}' (expected "
                           f".safetensors, .pt, .ckpt or .pth).")
+
+
+def _peft_metadata(lora) -> dict | None:
+    """The PEFT adapter config diffusers stores in a safetensors header (its
+    ``transformer.`` entries, unprefixed), or None."""
+    if isinstance(lora, Mapping) or Path(lora).suffix.lower() != ".safetensors":
+        return None
+    import json
+
+    with open(lora, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        try:
+            meta = json.loads(f.read(n)).get("__metadata__") or {}
+            raw = meta.get("lora_adapter_metadata")
+            cfg = json.loads(raw) if raw else None
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            return None
+    if not isinstance(cfg, dict):
+        return None
+    if any(k.startswith("transformer.") for k in cfg):
+        cfg = {k[len("transformer."):]: v for k, v in cfg.items() if k.startswith("transformer.")}
+    return cfg
+
+
+def _peft_scale(cfg: dict, module: str, rank: int) -> float:
+    """PEFT's ``alpha / r`` (``alpha / sqrt(r)`` with rsLoRA) for a diffusers module name."""
+    alpha = cfg.get("lora_alpha", rank)
+    for pattern, value in (cfg.get("alpha_pattern") or {}).items():
+        if re.match(rf"(.*\.)?({pattern})$", module):
+            alpha = value
+            break
+    return alpha / (math.sqrt(rank) if cfg.get("use_rslora") else rank)
 
 
 def _layout(keys) -> str:
@@ -190,7 +223,7 @@ def _check_scale(scale) -> float:
     return float(scale)
 
 
-def _deltas(sd: dict[str, torch.Tensor], model: nn.Module, source: str
+def _deltas(sd: dict[str, torch.Tensor], model: nn.Module, source: str, peft: dict | None = None
             ) -> tuple[list[tuple[str, str, torch.Tensor, torch.Tensor]], list[str]]:
     """``(param name, first key, param tensor, fp32 delta)`` for each weight the LoRA
     changes, and the modules it names that the model lacks."""
@@ -201,6 +234,7 @@ def _deltas(sd: dict[str, torch.Tensor], model: nn.Module, source: str
         module, role = _split_key(key, layout)
         official = _official_name(module, layout, flat)
         groups.setdefault(official, {})[role] = (key, t)
+        groups[official][""] = module  # the name the file uses
     out, missing = [], []
     for module, parts in groups.items():
         if "up" in parts or "down" in parts:
@@ -208,9 +242,18 @@ def _deltas(sd: dict[str, torch.Tensor], model: nn.Module, source: str
                 key = (parts.get("up") or parts.get("down"))[0]
                 raise ValueError(f"{source}: '{key}' has no matching "
                                  f"{'down' if 'up' in parts else 'up'} matrix")
-        elif "alpha" in parts and len(parts) == 1:
+        elif "alpha" in parts and len(parts) == 2:
             continue  # an alpha alone changes nothing
-        targets = {"up": "weight", "diff": "weight", "diff_b": "bias", "diff_m": "modulation"}
+        # PEFT's scaling (alpha / rank) multiplies the LoRA weights and lora_B's bias
+        factor = 1.0
+        if "down" in parts:
+            rank = parts["down"][1].shape[0]
+            if "alpha" in parts:
+                factor = parts["alpha"][1].float().item() / rank
+            elif peft is not None:
+                factor = _peft_scale(peft, parts[""], rank)
+        targets = {"up": "weight", "diff": "weight", "diff_b": "bias", "up_b": "bias",
+                   "diff_m": "modulation"}
         for role, param in targets.items():
             if role not in parts:
                 continue
@@ -230,8 +273,7 @@ def _deltas(sd: dict[str, torch.Tensor], model: nn.Module, source: str
                         f"{source}: '{key}' {tuple(up.shape)} with '{parts['down'][0]}' "
                         f"{tuple(down.shape)} does not fit '{name}' {tuple(slot.shape)}: a LoRA "
                         f"for another model size or kind?")
-                alpha = parts["alpha"][1].float().item() if "alpha" in parts else rank
-                delta = (alpha / rank) * (up.flatten(1) @ down.flatten(1)).reshape(slot.shape)
+                delta = factor * (up.flatten(1) @ down.flatten(1)).reshape(slot.shape)
             else:
                 delta = parts[role][1].float()
                 if delta.numel() != slot.numel() or (delta.shape != slot.shape and
@@ -239,7 +281,7 @@ def _deltas(sd: dict[str, torch.Tensor], model: nn.Module, source: str
                     raise ValueError(f"{source}: '{key}' {tuple(delta.shape)} does not fit "
                                      f"'{name}' {tuple(slot.shape)}: a LoRA for another model "
                                      f"size or kind?")
-                delta = delta.reshape(slot.shape)
+                delta = delta.reshape(slot.shape) * (factor if role == "up_b" else 1.0)
             out.append((name, key, slot, delta))
     return out, missing
 
@@ -259,7 +301,7 @@ def apply_lora(model: nn.Module, lora: str | os.PathLike | Mapping[str, torch.Te
     sd = read_lora(lora)
     if not sd:
         raise ValueError(f"{source} holds no tensors")
-    deltas, missing = _deltas(sd, model, source)
+    deltas, missing = _deltas(sd, model, source, _peft_metadata(lora))
     if not deltas:
         raise ValueError(f"{source} matches no weight of this {type(model).__name__} "
                          f"(first key '{next(iter(sd))}'): a LoRA for another model?")
