@@ -266,7 +266,7 @@ def test_block_offloaded_model(tmp_path):
 def test_t2v_lora_on_i2v_model(tmp_path, caplog):
     write_dit(tmp_path / "t2v", "t2v", SIZES, seed=4)
     write_dit(tmp_path / "i2v", "i2v", SIZES, seed=4)
-    t2v, i2v = WanModel.from_pretrained(tmp_path / "t2v"), WanModel.from_pretrained(tmp_path / "i2v")
+    t2v, i2v = (WanModel.from_pretrained(tmp_path / k) for k in ("t2v", "i2v"))
     with caplog.at_level(logging.WARNING):
         n = apply_lora(i2v, make_lora(t2v, "wan", "t2v", seed=1))
     assert n == len(lora_modules("t2v")) + 2
@@ -276,7 +276,7 @@ def test_t2v_lora_on_i2v_model(tmp_path, caplog):
 def test_i2v_lora_on_t2v_model_skips_image_keys(tmp_path, caplog):
     write_dit(tmp_path / "t2v", "t2v", SIZES, seed=4)
     write_dit(tmp_path / "i2v", "i2v", SIZES, seed=4)
-    t2v, i2v = WanModel.from_pretrained(tmp_path / "t2v"), WanModel.from_pretrained(tmp_path / "i2v")
+    t2v, i2v = (WanModel.from_pretrained(tmp_path / k) for k in ("t2v", "i2v"))
     with caplog.at_level(logging.WARNING):
         n = apply_lora(t2v, make_lora(i2v, "kohya", "i2v", seed=1))
     assert n == len(lora_modules("t2v", kohya=True))
