@@ -195,3 +195,133 @@ def test_context_scale_matters_and_is_checked(vace_pipe, tmp_path):
     assert rel_err(zero, one) > 1e-3
     with pytest.raises(ValueError, match="context_scale must be >= 0"):
         vace_pipe.generate("p", **inputs, context_scale=-0.5, **kw)
+
+
+# ------------------------------------------------------------------ the command line
+# A source clip decides the frames and the size (official VaceVideoProcessor): a 96x64 clip of
+# 5 (9) frames at --size 832*480 gives 5 (9) frames of 96x64 (its own aspect, never upscaled).
+# Outpainting pads to 128*96 rather than the README's 832*480 only to keep the test fast on
+# the CPU (one 832x480 VACE run costs about a minute here); the recipe is the same.
+def vace_cli(ckpt, out, *extra, task="vace-1.3B", seed=3):
+    return ["--task", task, "--size", "832*480", "--ckpt_dir", ckpt, "--sample_steps", 1,
+            "--base_seed", seed, "--prompt", "a festive street", "--save_file", out, *extra]
+
+
+def helper(*args):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    r = subprocess.run([sys.executable, "-m", "wan.utils.vace_inputs", *map(str, args)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return [Path(p) for p in r.stdout.split()]
+
+
+def sha(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def sidecar(out: Path) -> dict:
+    return json.loads(out.with_suffix(".json").read_text())
+
+
+def test_cli_inpainting_sidecar_and_replay(vace_ckpt, tmp_path):
+    clip = write_clip(tmp_path / "in.mp4", n=9, size=(96, 64))
+    video, mask = helper("inpaint", clip, "--box", "32,16,80,48", "--out", tmp_path / "inp")
+    out = tmp_path / "inpaint.mp4"
+    assert run(*vace_cli(vace_ckpt, out, "--src_video", video, "--src_mask", mask)) == 0
+    assert probe(out)[:4] == ("h264", "yuv420p", 96, 64)
+    fa = frames(out)
+    assert fa.shape[0] == 9  # the clip's 9 frames, not --frame_num's default 81
+    side = sidecar(out)
+    assert side["frame_num"] == 9 and side["size_used"] == "96*64" and side["size"] == "832*480"
+    assert side["src_video"] == str(video.resolve()) and side["src_video_sha256"] == sha(video)
+    assert side["src_mask"] == str(mask.resolve()) and side["src_mask_sha256"] == sha(mask)
+    assert side["src_ref_images"] is None and side["context_scale"] == 1.0
+    again = tmp_path / "again.mp4"
+    assert run("--replay", out.with_suffix(".json"), "--save_file", again) == 0
+    assert np.array_equal(frames(again), fa)  # bit for bit
+
+
+@pytest.mark.parametrize("recipe", ["outpaint", "first_frame", "control"])
+def test_cli_recipes(vace_ckpt, tmp_path, recipe):
+    from wan.utils.io import save_video
+
+    if recipe == "outpaint":  # a 64x48 clip centred on a 128x96 canvas, the border masked
+        clip = write_clip(tmp_path / "in.mp4", n=5, size=(64, 48))
+        video, mask = helper("outpaint", clip, "--to", "128*96", "--out", tmp_path / "out")
+        extra, size = ["--src_video", video, "--src_mask", mask], (128, 96)
+    elif recipe == "first_frame":  # keep frame 0, generate the rest
+        video = write_clip(tmp_path / "in.mp4", n=5, size=(96, 64))
+        m = torch.ones(3, 5, 64, 96)
+        m[:, 0] = -1
+        mask = save_video(m, tmp_path / "mask.mp4", fps=16)
+        extra, size = ["--src_video", video, "--src_mask", mask], (96, 64)
+    else:  # control-to-video: a grey "depth" clip alone (mask: all regenerated)
+        t = torch.linspace(-1, 1, 5).view(1, 5, 1, 1)
+        depth = (torch.linspace(-1, 1, 80).view(1, 1, 1, 80) * 0.5 + 0.5 * t).expand(3, 5, 48, 80)
+        video = save_video(depth.contiguous(), tmp_path / "depth.mp4", fps=16)
+        extra, size = ["--src_video", video], (80, 48)
+    out = tmp_path / f"{recipe}.mp4"
+    assert run(*vace_cli(vace_ckpt, out, *extra)) == 0
+    assert probe(out)[2:4] == size
+    fa = frames(out)
+    assert fa.shape[0] == 5
+    side = sidecar(out)
+    assert side["frame_num"] == 5 and side["size_used"] == "*".join(map(str, size))
+
+
+def test_cli_reference_to_video_14B_layout(vace14_ckpt, tmp_path):
+    """Two reference images only (the 14B layout: 7 shards): frames of --frame_num, not + 2."""
+    a = write_picture(tmp_path / "girl.png", (64, 96), seed=1)
+    b = write_picture(tmp_path / "snake.png", (80, 48), seed=2)
+    out = tmp_path / "r2v.mp4"
+    assert run(*vace_cli(vace14_ckpt, out, "--src_ref_images", f"{a},{b}", "--frame_num", 1,
+                         task="vace-14B")) == 0
+    assert probe(out)[2:4] == (832, 480)
+    assert frames(out).shape[0] == 1
+    side = sidecar(out)
+    assert side["task"] == "vace-14B" and side["frame_num"] == 1
+    assert side["size_used"] == "832*480" and side["src_video"] is None
+    assert side["src_ref_images"] == f"{a.resolve()},{b.resolve()}"
+    assert side["src_ref_images_sha256"] == [sha(a), sha(b)]
+
+
+def test_cli_errors_one_line_no_file(vace_ckpt, t2v_ckpt, tmp_path, capsys):
+    from wan.utils.io import save_video
+
+    clip = write_clip(tmp_path / "five.mp4", n=5, size=(96, 64))
+    nine = write_clip(tmp_path / "nine.mp4", n=9, size=(96, 64))
+    small = write_clip(tmp_path / "small.mp4", n=5, size=(64, 48))
+    mask = save_video(torch.ones(3, 5, 64, 96), tmp_path / "mask.mp4", fps=16)
+    bad_video = tmp_path / "bad.mp4"
+    bad_video.write_bytes(b"not a video at all")
+    bad_img = tmp_path / "bad.png"
+    bad_img.write_bytes(b"not an image")
+    img = write_picture(tmp_path / "img.png", (64, 48))
+    out = tmp_path / "out.mp4"
+    cases = [
+        (["--src_mask", mask], "--src_mask needs --src_video"),
+        (["--src_video", clip, "--src_mask", nine], "is 9 frames of 96x64 but --src_video"),
+        (["--src_video", clip, "--src_mask", small], "is 5 frames of 64x48 but --src_video"),
+        (["--src_video", bad_video], "--src_video: cannot read"),
+        (["--src_video", bad_video, "--frame_num", 5], "cannot read '" + str(bad_video)),
+        (["--src_video", clip, "--src_mask", bad_video], "--src_mask: cannot read"),
+        (["--src_ref_images", f"{img},{bad_img}"], "cannot read the --src_ref_images image"),
+        (["--src_ref_images", ",".join([str(img)] * 9)], "gives 9 files; at most 8"),
+        (["--src_ref_images", img, "--context_scale", -0.5], "--context_scale must be in [0, inf)"),
+        (["--src_ref_images", tmp_path / "none.png"], "--src_ref_images image not found"),
+    ]
+    argvs = [(vace_cli(vace_ckpt, out, *extra), msg) for extra, msg in cases]
+    argvs += [
+        (vace_cli(t2v_ckpt, out, "--frame_num", 5), "no vace_blocks"),
+        (["--task", "t2v-1.3B", "--size", "832*480", "--ckpt_dir", t2v_ckpt, "--save_file", out,
+          "--src_ref_images", img], "task t2v-1.3B takes no --src_ref_images"),
+    ]
+    for argv, message in argvs:
+        assert run(*argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and message in err, (argv, err)
+        assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+        assert not out.exists() and not list(tmp_path.glob("*.part*"))
