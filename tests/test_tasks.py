@@ -62,8 +62,9 @@ def test_every_task_has_readme_row_examples_and_flags():
         for opt in task.options:
             assert f"--{opt.flag}" in help_text
         assert task.pipeline_class().__name__ == task.pipeline
-    assert set(input_flags()) == {"image", "first_frame", "last_frame", "src_video"}
-    assert set(option_flags()) == {"strength"}
+    assert set(input_flags()) == {"image", "first_frame", "last_frame", "src_video", "src_mask",
+                                  "src_ref_images"}
+    assert set(option_flags()) == {"strength", "context_scale"}
 
 
 def generate_sizes():
