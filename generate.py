@@ -227,6 +227,8 @@ def _validate_inputs(task, args: argparse.Namespace) -> None:
                 label = "input image" if inp.flag == "image" else \
                     f"--{inp.flag} {'image' if inp.kind == 'images' else inp.kind}"
                 raise UsageError(f"{label} not found: '{path}'")
+    if task.input("src_mask") and args.src_mask is not None and args.src_video is not None:
+        _check_mask_clip(args.src_video, args.src_mask)
     for opt in task.options:
         value = getattr(args, opt.flag)
         applies = opt.needs is None or getattr(args, opt.needs) is not None
@@ -344,6 +346,21 @@ def _read_source_video(path: str):
 
 
 _SOURCE_FRAMES: dict = {}
+
+
+def _check_mask_clip(video_path: str, mask_path: str) -> None:
+    """VACE: the mask clip marks the source clip's pixels: same frame count and size."""
+    from wan.utils.io import read_video
+
+    video = _read_source_video(video_path)
+    try:
+        mask = read_video(mask_path)[0]
+    except (ValueError, FileNotFoundError) as e:
+        raise UsageError(f"--src_mask: {e}") from None
+    (n, h, w), (mn, mh, mw) = video.shape[:3], mask.shape[:3]
+    if (n, h, w) != (mn, mh, mw):
+        raise UsageError(f"--src_mask '{mask_path}' is {mn} frames of {mw}x{mh} but --src_video "
+                         f"'{video_path}' is {n} frames of {w}x{h}: they must match")
 
 
 def _source_video_frames(args: argparse.Namespace) -> int:

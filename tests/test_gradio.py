@@ -142,8 +142,9 @@ def qwen_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def demos(t2v_ckpt, i2v_ckpt, flf2v_ckpt, qwen_dir, tmp_path_factory) -> dict[str, DemoServer]:
-    """The five demos, started together and stopped at the end.
+def demos(t2v_ckpt, i2v_ckpt, flf2v_ckpt, vace_ckpt, qwen_dir, tmp_path_factory
+          ) -> dict[str, DemoServer]:
+    """The six demos, started together and stopped at the end.
 
     They load while the first tests run; ``demos[name].wait_until_up()`` waits for one.
     """
@@ -156,6 +157,8 @@ def demos(t2v_ckpt, i2v_ckpt, flf2v_ckpt, qwen_dir, tmp_path_factory) -> dict[st
         "i2v-14B": ("i2v_14B_singleGPU.py", ["--ckpt_dir_480p", str(i2v_ckpt)]),
         # the official demo's file name and flag
         "flf2v-14B": ("fl2v_14B_singleGPU.py", ["--ckpt_dir_720p", str(flf2v_ckpt)]),
+        # the official VACE demo's file name and flags
+        "vace-1.3B": ("vace.py", ["--model_name", "vace-1.3B", "--ckpt_dir", str(vace_ckpt)]),
     }
     servers = {name: DemoServer(script, args, tmp_path_factory.mktemp(f"demo_{name}"))
                for name, (script, args) in specs.items()}
@@ -621,3 +624,52 @@ def test_client_flf2v_named_inputs_and_replay(demos, tmp_path):
     assert generate.main(["--replay", str(side), "--save_file", str(again),
                           "--device", "cpu"]) == 0
     assert mp4_info(again) == (n, w, h)
+
+
+# ----------------------------------------------------------------------------------------------
+# VACE (gradio/vace.py --model_name vace-1.3B): reference images, named API inputs
+# ----------------------------------------------------------------------------------------------
+
+def test_browser_vace_reference_image_then_video(demos, page, tmp_path):
+    """One reference image and a prompt: a playable video without the reference frame
+    (1 frame: an 832x480 VACE run on the CPU is slow)."""
+    server = demos["vace-1.3B"].wait_until_up()
+    open_demo(page, server)
+    assert page.locator("#resolution input").input_value() == "832*480"
+    assert page.locator("#shift input[type=number]").input_value() == "16"
+    assert page.locator("#context_scale input[type=number]").input_value() == "1"
+    page.locator("#src_ref_image_1 input[type=file]").set_input_files(
+        str(write_image(tmp_path / "ref.png", (96, 128))))
+    page.locator("#src_ref_image_1 img").wait_for()
+    fill_common(page, "a girl in a red coat waves", steps=1, seed=41, frames=1)
+    page.locator("#generate").click()
+    wait_for_seed(page, 41)
+    check_video_in_page(page, tmp_path, frames=1, size=(832, 480))
+    side = sidecar_for(server.output_dir, 41)
+    assert side["task"] == "vace-1.3B" and side["context_scale"] == 1.0
+    assert Path(side["src_ref_images"]).is_file() and len(side["src_ref_images_sha256"]) == 1
+    assert "src_video" not in side
+
+
+def test_client_vace_named_inputs(demos, tmp_path):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    server = demos["vace-1.3B"].wait_until_up()
+    client = _client(server)
+    params = client.view_api(print_info=False, return_format="dict")["named_endpoints"][
+        "/generate"]["parameters"]
+    assert [p["parameter_name"] for p in params] == [
+        "prompt", "src_video", "src_mask", "src_ref_image_1", "src_ref_image_2",
+        "src_ref_image_3", "context_scale", "resolution", "frames", "steps", "guide_scale",
+        "shift", "seed", "negative_prompt"]
+    ref = handle_file(str(write_image(tmp_path / "ref.png", (120, 80))))
+    job = dict(prompt="a snake in a lantern-lit street", src_video=None, src_mask=None,
+               src_ref_image_2=None, src_ref_image_3=None, resolution="832*480", frames=1,
+               steps=1, guide_scale=5.0, shift=16.0, negative_prompt="", api_name="/generate")
+    with pytest.raises(AppError, match="less than minimum value 0"):  # the slider checks
+        client.predict(src_ref_image_1=ref, context_scale=-1.0, seed=1, **job)
+    video, seed, info = client.predict(src_ref_image_1=ref, context_scale=0.5, seed=42, **job)
+    assert seed == 42 and mp4_info(video) == (1, 832, 480)
+    side = sidecar_for(server.output_dir, 42)
+    assert side["context_scale"] == 0.5 and len(side["src_ref_images_sha256"]) == 1
