@@ -44,6 +44,7 @@ MAX_SEED = 2**31 - 1  # the largest seed the official demos offer (exact in the 
 AREAS = {"720P": "1280*720", "480P": "832*480"}  # resolution -> size key of MAX_AREA_CONFIGS
 LANGUAGES = ["ZH", "EN"]
 MAX_DEMO_IMAGES = 3  # reference-image slots of a list input (VACE)
+NO_LORA = "(none)"
 
 
 @dataclass(frozen=True)
@@ -196,6 +197,9 @@ def build_parser(spec: DemoSpec) -> argparse.ArgumentParser:
     p.add_argument("--t5_cpu", action="store_true", help="run the T5 text encoder on the CPU")
     p.add_argument("--output_dir", default="outputs",
                    help="where results and their JSON sidecars are written (default ./outputs)")
+    p.add_argument("--lora_dir", default=None,
+                   help="a folder of LoRA files (.safetensors, .pt, .ckpt): the page offers them "
+                        "with a strength slider and switches between jobs without reloading")
     return p
 
 
@@ -332,6 +336,7 @@ class WanDemo:
     def generate(self, prompt: str, inputs: dict[str, Any], resolution: str, frames: float,
                  steps: float, guide_scale: float, shift: float, seed: float,
                  negative_prompt: str, options: dict[str, float] | None = None,
+                 lora: tuple[str | None, float] | None = None,
                  progress: gr.Progress = gr.Progress()) -> tuple[str, int, str]:
         """Generate from the page's inputs; returns (file, seed used, a line about the result).
 
@@ -343,6 +348,13 @@ class WanDemo:
         job = self._check_inputs(prompt, inputs, options or {}, resolution, frames, steps,
                                  guide_scale, shift, seed, negative_prompt)
         pipe = self._pipeline_for(job.resolution)
+        if lora is not None:
+            if lora[1] is None or not -10 <= float(lora[1]) <= 10:
+                raise _fail(f"The LoRA strength must be a number in [-10, 10]; got {lora[1]}.")
+            try:
+                self._set_lora(pipe, *lora)
+            except ValueError as e:  # a LoRA of another model
+                raise _fail(str(e)) from None
         progress(0, desc="Encoding the prompt")
 
         def on_step(i: int, total: int) -> None:
@@ -376,10 +388,35 @@ class WanDemo:
     def api_names(self) -> list[str]:
         """The handler's parameters as Gradio and its API see them: ``prompt``, the input
         widgets (``image``; ``first_frame, last_frame``; ``src_video, src_mask,
-        src_ref_image_1...``), the options, then the sampling settings."""
+        src_ref_image_1...``), the options, then the sampling settings (and, with
+        ``--lora_dir``, ``lora`` and ``lora_strength``)."""
         widgets = [n for inp in self.spec.inputs for n in self.spec.widget_names(inp)]
+        lora = ["lora", "lora_strength"] if self.lora_files else []
         return ["prompt", *widgets, *(o.flag for o in self.spec.options), "resolution",
-                "frames", "steps", "guide_scale", "shift", "seed", "negative_prompt"]
+                "frames", "steps", "guide_scale", "shift", "seed", "negative_prompt", *lora]
+
+    @property
+    def lora_files(self) -> list[str]:
+        """The LoRA files of ``--lora_dir`` (names, sorted)."""
+        folder = getattr(self.args, "lora_dir", None)
+        if not folder:
+            return []
+        return sorted(p.name for p in Path(folder).iterdir()
+                      if p.suffix in (".safetensors", ".pt", ".ckpt", ".pth"))
+
+    def _set_lora(self, pipe, name: str | None, strength: float) -> None:
+        """Make ``name`` at ``strength`` the pipeline's LoRA (none: the base weights); the
+        base weights are restored bit for bit in between, so nothing is reloaded."""
+        want = [] if not name or name == NO_LORA else [(name, float(strength))]
+        have = [(Path(x["path"]).name, x["scale"]) for x in pipe.loras]
+        if want == have:
+            return
+        if pipe.loras:
+            pipe.unload_loras()
+        if want:
+            if name not in self.lora_files:
+                raise _fail(f"Unknown LoRA '{name}': choose one of {', '.join(self.lora_files)}.")
+            pipe.load_lora(Path(self.args.lora_dir) / name, float(strength))
 
     def api_handler(self) -> Callable[..., tuple[str, int, str]]:
         """:meth:`generate` with one named parameter per widget (see :meth:`api_names`)."""
@@ -394,9 +431,10 @@ class WanDemo:
                 inputs[inp.flag] = [v for v in parts if v is not None] or None \
                     if inp.kind == "images" else parts[0]
             options = {o.flag: got[o.flag] for o in spec.options}
+            lora = (got["lora"], got["lora_strength"]) if "lora" in got else None
             return self.generate(got["prompt"], inputs, got["resolution"], got["frames"],
                                  got["steps"], got["guide_scale"], got["shift"], got["seed"],
-                                 got["negative_prompt"], options, progress=progress)
+                                 got["negative_prompt"], options, lora=lora, progress=progress)
 
         P = inspect.Parameter
         params = [P(n, P.POSITIONAL_OR_KEYWORD) for n in names]
@@ -545,7 +583,9 @@ class WanDemo:
             sample_shift=job.shift, sample_guide_scale=job.guide_scale, fps=fps,
             ckpt_dir=str(Path(folder).resolve()), device=str(self.device),
             offload_model=self.args.offload_model, t5_cpu=self.args.t5_cpu,
-            seconds=round(seconds, 2), source="gradio demo", **job.options)
+            seconds=round(seconds, 2), source="gradio demo", **job.options,
+            loras=[dict(x, path=str(Path(x["path"]).resolve())) for x in
+                   getattr(self._pipeline_for(job.resolution), "loras", [])])
         for flag, value in self._input_paths(job, kept).items():
             many = isinstance(value, list)
             settings[flag] = ",".join(value) if many else value
@@ -686,6 +726,14 @@ class WanDemo:
             w["negative_prompt"] = gr.Textbox(
                 "", label="Negative prompt", lines=2, elem_id="negative_prompt",
                 placeholder="What to avoid (empty: the official negative prompt)")
+            w["lora"] = []
+            if self.lora_files:
+                with gr.Row():
+                    w["lora"] = [
+                        gr.Dropdown([NO_LORA, *self.lora_files], value=NO_LORA, label="LoRA",
+                                    elem_id="lora"),
+                        gr.Slider(-2.0, 2.0, value=1.0, step=0.05, label="LoRA strength",
+                                  elem_id="lora_strength")]
         return w
 
     def _result_widget(self):
@@ -706,7 +754,8 @@ class WanDemo:
         generate_button.click(
             self.api_handler(),
             inputs=[w["prompt"], *w["inputs"], *w["options"], w["resolution"], w["frames"],
-                    w["steps"], w["guide_scale"], w["shift"], w["seed"], w["negative_prompt"]],
+                    w["steps"], w["guide_scale"], w["shift"], w["seed"], w["negative_prompt"],
+                    *w["lora"]],
             outputs=[result, seed_used, info], api_name="generate", concurrency_limit=1,
             concurrency_id="model")
         if self.spec.uses_area:  # the official default shift may differ between 480P and 720P

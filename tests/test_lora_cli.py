@@ -89,3 +89,41 @@ def test_lora_errors(t2v_ckpt, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and message in err, err
         assert len(err.splitlines()) == 1 and not out.exists()
+
+
+def test_demo_lora_choice_switches_without_reloading(t2v_ckpt, tmp_path):
+    """The demos' --lora_dir: a LoRA and its strength per job; the base weights come back."""
+    import sys
+
+    from test_gradio import DEMO_DIR
+
+    sys.path.insert(0, str(DEMO_DIR))
+    try:
+        import wan_demo
+    finally:
+        sys.path.remove(str(DEMO_DIR))
+    loras = tmp_path / "loras"
+    loras.mkdir()
+    write_lora(t2v_ckpt, "wan", "t2v", loras / "style.safetensors")
+    spec = wan_demo.DEMOS["t2v-1.3B"]
+    args = wan_demo.parse_args(spec, ["--ckpt_dir", str(t2v_ckpt), "--device", "cpu",
+                                      "--output_dir", str(tmp_path / "out"),
+                                      "--lora_dir", str(loras)])
+    demo = wan_demo.WanDemo(spec, args)
+    demo.load_models()
+    assert demo.lora_files == ["style.safetensors"]
+    assert demo.api_names()[-2:] == ["lora", "lora_strength"]
+    pipe = demo.pipelines[""]
+    base_q = pipe.model.blocks[0].self_attn.q.weight.clone()
+    job = ("a cat", {}, "704*544", 1, 1, 5.0, 8.0, 4, "")
+
+    def run_job(lora):
+        return demo.generate(*job, lora=lora, progress=lambda *a, **k: None)[0]
+
+    plain = frames(run_job((wan_demo.NO_LORA, 1.0)))
+    styled_path = run_job(("style.safetensors", 0.8))
+    assert not np.array_equal(frames(styled_path), plain)
+    side = json.loads(__import__("pathlib").Path(styled_path).with_suffix(".json").read_text())
+    assert [(x["scale"], x["expert"]) for x in side["loras"]] == [(0.8, None)]
+    assert np.array_equal(frames(run_job((wan_demo.NO_LORA, 1.0))), plain)
+    assert torch.equal(pipe.model.blocks[0].self_attn.q.weight, base_q) and pipe.loras == []
