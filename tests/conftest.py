@@ -39,57 +39,26 @@ def seed_everything():
     yield
 
 
-@pytest.fixture(scope="session")
-def t2v_ckpt(tmp_path_factory):
-    """A miniature T2V checkpoint folder in the official layout (shared by the tests)."""
-    from wan.utils.tiny_checkpoint import make_checkpoint
-    return make_checkpoint(tmp_path_factory.mktemp("tiny_t2v"), "t2v-1.3B", seed=11)
+def _tiny(name: str, task: str, seed: int, doc: str):
+    """A session fixture ``name``: a miniature ``task`` folder in the official layout."""
+    @pytest.fixture(scope="session", name=name)
+    def fixture(tmp_path_factory):
+        from wan.utils.tiny_checkpoint import make_checkpoint
+        return make_checkpoint(tmp_path_factory.mktemp(f"tiny_{name}"), task, seed=seed)
+    fixture.__doc__ = doc
+    return fixture
 
 
-@pytest.fixture(scope="session")
-def i2v_ckpt(tmp_path_factory):
-    """A miniature I2V checkpoint folder in the official layout (shared by the tests)."""
-    from wan.utils.tiny_checkpoint import make_checkpoint
-    return make_checkpoint(tmp_path_factory.mktemp("tiny_i2v"), "i2v-14B", seed=12)
-
-
-@pytest.fixture(scope="session")
-def flf2v_ckpt(tmp_path_factory):
-    """A miniature FLF2V checkpoint folder in the official layout (shared by the tests)."""
-    from wan.utils.tiny_checkpoint import make_checkpoint
-    return make_checkpoint(tmp_path_factory.mktemp("tiny_flf2v"), "flf2v-14B", seed=13)
-
-
-@pytest.fixture(scope="session")
-def vace_ckpt(tmp_path_factory):
-    """A miniature VACE checkpoint folder in the Wan2.1-VACE-1.3B layout (one DiT file)."""
-    from wan.utils.tiny_checkpoint import make_checkpoint
-    return make_checkpoint(tmp_path_factory.mktemp("tiny_vace"), "vace-1.3B", seed=14)
-
-
-@pytest.fixture(scope="session")
-def vace14_ckpt(tmp_path_factory):
-    """A miniature VACE checkpoint folder in the Wan2.1-VACE-14B layout (7 shards + index)."""
-    from wan.utils.tiny_checkpoint import make_checkpoint
-    return make_checkpoint(tmp_path_factory.mktemp("tiny_vace14"), "vace-14B", seed=15)
-
-
-@pytest.fixture(scope="session")
-def t2v_a14b_ckpt(tmp_path_factory):
-    """A miniature Wan2.2 T2V-A14B folder (two experts of 6 shards each)."""
-    from wan.utils.tiny_checkpoint import make_checkpoint
-    return make_checkpoint(tmp_path_factory.mktemp("tiny_t2v_a14b"), "t2v-A14B", seed=31)
-
-
-@pytest.fixture(scope="session")
-def i2v_a14b_ckpt(tmp_path_factory):
-    """A miniature Wan2.2 I2V-A14B folder (two experts, no CLIP)."""
-    from wan.utils.tiny_checkpoint import make_checkpoint
-    return make_checkpoint(tmp_path_factory.mktemp("tiny_i2v_a14b"), "i2v-A14B", seed=32)
-
-
-@pytest.fixture(scope="session")
-def ti2v_ckpt(tmp_path_factory):
-    """A miniature Wan2.2 TI2V-5B folder (48-channel DiT, the Wan2.2 VAE)."""
-    from wan.utils.tiny_checkpoint import make_checkpoint
-    return make_checkpoint(tmp_path_factory.mktemp("tiny_ti2v"), "ti2v-5B", seed=33)
+# Miniature folders of every task, made once per session: fixture name, task, seed, layout.
+MINIATURES = (
+    ("t2v_ckpt", "t2v-1.3B", 11, "the T2V-1.3B layout"),
+    ("i2v_ckpt", "i2v-14B", 12, "the I2V-14B layout (with CLIP)"),
+    ("flf2v_ckpt", "flf2v-14B", 13, "the FLF2V-14B layout"),
+    ("vace_ckpt", "vace-1.3B", 14, "the VACE-1.3B layout (one DiT file)"),
+    ("vace14_ckpt", "vace-14B", 15, "the VACE-14B layout (7 shards + index)"),
+    ("t2v_a14b_ckpt", "t2v-A14B", 31, "the Wan2.2 T2V-A14B layout (two experts, 6 shards each)"),
+    ("i2v_a14b_ckpt", "i2v-A14B", 32, "the Wan2.2 I2V-A14B layout (two experts, no CLIP)"),
+    ("ti2v_ckpt", "ti2v-5B", 33, "the Wan2.2 TI2V-5B layout (48-channel DiT, Wan2.2 VAE)"),
+)
+for _name, _task, _seed, _layout in MINIATURES:
+    globals()[_name] = _tiny(_name, _task, _seed, f"A miniature folder in {_layout}.")
