@@ -228,7 +228,7 @@ def _validate_inputs(task, args: argparse.Namespace) -> None:
                     f"--{inp.flag} {'image' if inp.kind == 'images' else inp.kind}"
                 raise UsageError(f"{label} not found: '{path}'")
     if task.input("src_mask") and args.src_mask is not None and args.src_video is not None:
-        _check_mask_clip(args.src_video, args.src_mask)
+        _check_mask_clip(args, args.src_video, args.src_mask)
     for opt in task.options:
         value = getattr(args, opt.flag)
         applies = opt.needs is None or getattr(args, opt.needs) is not None
@@ -332,27 +332,24 @@ def _validate(args: argparse.Namespace, world_size: int) -> None:
         args.offload_model = world_size == 1
 
 
-def _read_source_video(path: str):
-    """The frames of a source clip (read once; kept for the run)."""
+def _read_source_video(args: argparse.Namespace, path: str):
+    """The frames of a source clip, read once per run (kept on ``args`` until loaded)."""
     from wan.utils.io import read_video
 
-    cached = _SOURCE_FRAMES.get(path)
-    if cached is None:
+    cache = vars(args).setdefault("_source_frames", {})
+    if path not in cache:
         try:
-            cached = _SOURCE_FRAMES[path] = read_video(path)[0]
+            cache[path] = read_video(path)[0]
         except (ValueError, FileNotFoundError) as e:
             raise UsageError(f"--src_video: {e}") from None
-    return cached
+    return cache[path]
 
 
-_SOURCE_FRAMES: dict = {}
-
-
-def _check_mask_clip(video_path: str, mask_path: str) -> None:
+def _check_mask_clip(args: argparse.Namespace, video_path: str, mask_path: str) -> None:
     """VACE: the mask clip marks the source clip's pixels: same frame count and size."""
     from wan.utils.io import read_video
 
-    video = _read_source_video(video_path)
+    video = _read_source_video(args, video_path)
     try:
         mask = read_video(mask_path)[0]
     except (ValueError, FileNotFoundError) as e:
@@ -367,7 +364,7 @@ def _source_video_frames(args: argparse.Namespace) -> int:
     """Default --frame_num for a source clip: its largest 4n+1 frames, at most 81."""
     from wan.utils.io import default_v2v_frames
 
-    return default_v2v_frames(len(_read_source_video(args.src_video)))
+    return default_v2v_frames(len(_read_source_video(args, args.src_video)))
 
 
 def _load_image(path: str, what: str = "the input image"):
@@ -385,8 +382,8 @@ def _load_video(path: str, args: argparse.Namespace):
     from wan.configs import SIZE_CONFIGS
     from wan.utils.io import fit_video
 
-    frames = _read_source_video(path)
-    _SOURCE_FRAMES.pop(path, None)
+    frames = _read_source_video(args, path)
+    args._source_frames.pop(path, None)
     if len(frames) < args.frame_num:
         raise UsageError(f"--src_video '{path}' has {len(frames)} frames but --frame_num is "
                          f"{args.frame_num}: pass a longer clip or a smaller --frame_num")
