@@ -101,6 +101,25 @@ def attention_checks(rank: int) -> dict:
     return out
 
 
+def run_variants(run, variants: dict, task: str, ckpt: str, rank: int, results: dict):
+    """Run ``task`` once as one process (every rank: the reference), then each parallel
+    variant; record videos and times in ``results`` and yield ``(variant, pipeline)``."""
+    from wan.distributed.sequence_parallel import init_sequence_parallel
+
+    t0 = time.perf_counter()
+    video, _ = run(task, ckpt, rank=0)
+    results["seconds"][(task, "single")] = time.perf_counter() - t0
+    results["videos"][(task, "single")] = video
+    for name, (u, r, fsdp) in variants.items():
+        if u * r > 1:
+            init_sequence_parallel(u, r)
+        t0 = time.perf_counter()
+        video, pipe = run(task, ckpt, rank, u, r, fsdp)
+        results["seconds"][(task, name)] = time.perf_counter() - t0
+        results["videos"][(task, name)] = video
+        yield name, pipe
+
+
 def job(rank: int, port: int, ckpts: dict, out_file: str) -> None:
     init_gloo(rank, port)
     from wan.distributed.fsdp import resident_parameter_numel
@@ -109,17 +128,7 @@ def job(rank: int, port: int, ckpts: dict, out_file: str) -> None:
     results: dict = {"attention": attention_checks(rank), "videos": {}, "seconds": {},
                      "fraction": {}}
     for task, ckpt in ckpts.items():
-        t0 = time.perf_counter()
-        video, _ = run_pipeline(task, ckpt, rank=0)  # every rank: the single-process reference
-        results["seconds"][(task, "single")] = time.perf_counter() - t0
-        results["videos"][(task, "single")] = video
-        for name, (u, r, fsdp) in VARIANTS.items():
-            if u * r > 1:
-                init_sequence_parallel(u, r)
-            t0 = time.perf_counter()
-            video, pipe = run_pipeline(task, ckpt, rank, u, r, fsdp)
-            results["seconds"][(task, name)] = time.perf_counter() - t0
-            results["videos"][(task, name)] = video
+        for name, pipe in run_variants(run_pipeline, VARIANTS, task, ckpt, rank, results):
             if name == "ulysses":
                 results["sp_size"] = pipe.sp_size
             if name == "fsdp":

@@ -22,7 +22,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from conftest import fp32_config, rel_err
-from test_distributed import WORLD, free_port, init_gloo
+from test_distributed import WORLD, free_port, init_gloo, run_variants
 
 FRAMES, STEPS, SHIFT, SEED = 9, 2, 3.0, 5
 T2V_SIZE = (48, 48)
@@ -60,24 +60,12 @@ def run_pipeline(task: str, ckpt: str, rank: int, ulysses: int = 1, ring: int = 
 
 def job(rank: int, port: int, ckpts: dict, out_file: str) -> None:
     init_gloo(rank, port)
-    from wan.distributed.sequence_parallel import init_sequence_parallel
-
     results: dict = {"videos": {}, "seconds": {}, "experts": {}, "seq_len": {}}
     for task, ckpt in ckpts.items():
-        t0 = time.perf_counter()
-        video, pipe = run_pipeline(task, ckpt, rank=0)  # every rank: the single-process video
-        results["seconds"][(task, "single")] = time.perf_counter() - t0
-        results["videos"][(task, "single")] = video
-        for name, (u, r, fsdp) in VARIANTS.items():
-            if u * r > 1:
-                init_sequence_parallel(u, r)
-            t0 = time.perf_counter()
-            video, pipe = run_pipeline(task, ckpt, rank, u, r, fsdp)
-            results["seconds"][(task, name)] = time.perf_counter() - t0
-            results["videos"][(task, name)] = video
+        for name, pipe in run_variants(run_pipeline, VARIANTS, task, ckpt, rank, results):
             if pipe.is_moe:
                 results["experts"][(task, name)] = list(pipe.last_experts)
-            if u * r > 1:
+            if name != "fsdp":
                 results["sp_size"] = pipe.sp_size
     if rank == 0:
         torch.save(results, out_file)
